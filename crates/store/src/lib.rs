@@ -1,0 +1,283 @@
+//! The storage contract of agentplane.
+//!
+//! This crate owns the [`Store`] trait that every backend (embedded SQLite now, PostgreSQL when a
+//! team outgrows one machine) implements, the types it speaks, the continue-token format, and a
+//! [`conformance`] suite that any backend runs to prove it honours the contract. It performs no
+//! I/O itself and knows no SQL.
+//!
+//! # The contract
+//!
+//! - Objects are JSON documents of any [`Kind`], keyed by `(kind, namespace, name)`.
+//! - Every successful write (create, update, delete) gets a new **revision** from one counter that
+//!   is global to the store and strictly increasing. An object's `metadata.resourceVersion` is the
+//!   revision of the write that produced it, as a decimal string.
+//! - `update` with [`Precondition::ResourceVersion`] is a compare-and-swap: if the stored object's
+//!   resourceVersion differs, nothing is written and [`StoreError::Conflict`] is returned.
+//! - The store owns `metadata.uid`, `metadata.resourceVersion`, `metadata.generation` and
+//!   `metadata.creationTimestamp`: create sets them (generation 1), update keeps `uid` and
+//!   `creationTimestamp` and increments `generation` only when `spec` changed.
+//! - `watch` from revision `R` delivers every change with a revision greater than `R`, exactly
+//!   once, in revision order, then follows new changes live. If `R` is older than the retained
+//!   history, it fails with [`StoreError::Expired`] so the caller can re-list.
+//! - A write that returned `Ok` survives a crash of the process (kill -9) right after.
+
+pub mod conformance;
+mod token;
+
+use std::pin::Pin;
+
+use agentplane_api::selector::{FieldSelector, LabelSelector};
+use agentplane_api::Kind;
+use async_trait::async_trait;
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use token::ContinueToken;
+
+/// A store revision. Revisions start at 1; 0 means "before anything".
+pub type Revision = u64;
+
+/// Default page size of `list` when the caller sets none.
+pub const DEFAULT_LIST_LIMIT: usize = 500;
+/// Largest page `list` returns, whatever the caller asks.
+pub const MAX_LIST_LIMIT: usize = 5_000;
+
+/// The identity of one object.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(kind: Kind, namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ObjectKey { kind, namespace: namespace.into(), name: name.into() }
+    }
+
+    /// The key of a JSON object, from its `kind`, `metadata.namespace` (default `default`) and
+    /// `metadata.name`.
+    pub fn of(obj: &Value) -> Result<ObjectKey, StoreError> {
+        let kind = obj
+            .get("kind")
+            .and_then(Value::as_str)
+            .and_then(Kind::from_manifest)
+            .ok_or_else(|| StoreError::InvalidObject("object has no known kind".into()))?;
+        let namespace = obj
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .unwrap_or(agentplane_api::DEFAULT_NAMESPACE);
+        let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+        Ok(ObjectKey::new(kind, namespace, name))
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// What `update` and `delete` require of the stored object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    /// Write whatever is stored.
+    None,
+    /// Write only if the stored object's resourceVersion is this one.
+    ResourceVersion(Revision),
+}
+
+/// A `list` request.
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    pub kind: Kind,
+    /// `None` lists every namespace.
+    pub namespace: Option<String>,
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+    /// Page size; `None` means [`DEFAULT_LIST_LIMIT`]; capped at [`MAX_LIST_LIMIT`].
+    pub limit: Option<usize>,
+    /// The `continue` token of the previous page.
+    pub continue_token: Option<String>,
+}
+
+impl ListQuery {
+    pub fn new(kind: Kind) -> Self {
+        ListQuery {
+            kind,
+            namespace: None,
+            labels: LabelSelector::default(),
+            fields: FieldSelector::default(),
+            limit: None,
+            continue_token: None,
+        }
+    }
+    pub fn namespace(mut self, ns: impl Into<String>) -> Self {
+        self.namespace = Some(ns.into());
+        self
+    }
+    pub fn limit(mut self, n: usize) -> Self {
+        self.limit = Some(n);
+        self
+    }
+    pub fn effective_limit(&self) -> usize {
+        self.limit.unwrap_or(DEFAULT_LIST_LIMIT).clamp(1, MAX_LIST_LIMIT)
+    }
+}
+
+/// One page of a list, ordered by `(namespace, name)`.
+#[derive(Debug, Clone, Default)]
+pub struct ObjectList {
+    pub items: Vec<Value>,
+    /// The store's revision when the page was read; a watch from here misses nothing.
+    pub revision: Revision,
+    /// Present when more items may follow; pass it back as `continue_token`.
+    pub continue_token: Option<String>,
+}
+
+/// The type of a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum EventType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Added => "ADDED",
+            EventType::Modified => "MODIFIED",
+            EventType::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One change. For `Deleted`, `object` is the last state, with the deleting write's revision as
+/// its resourceVersion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WatchEvent {
+    #[serde(rename = "type")]
+    pub type_: EventType,
+    pub revision: Revision,
+    pub object: Value,
+}
+
+/// A `watch` request.
+#[derive(Debug, Clone)]
+pub struct WatchQuery {
+    /// `None` watches every kind.
+    pub kind: Option<Kind>,
+    /// `None` watches every namespace.
+    pub namespace: Option<String>,
+    /// Deliver changes with a revision strictly greater than this.
+    pub from_revision: Revision,
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+}
+
+impl WatchQuery {
+    pub fn all_from(from_revision: Revision) -> Self {
+        WatchQuery {
+            kind: None,
+            namespace: None,
+            from_revision,
+            labels: LabelSelector::default(),
+            fields: FieldSelector::default(),
+        }
+    }
+
+    /// Whether an event passes this query's kind, namespace and selectors.
+    pub fn matches(&self, ev: &WatchEvent) -> bool {
+        let Ok(key) = ObjectKey::of(&ev.object) else { return false };
+        self.kind.is_none_or(|k| k == key.kind)
+            && self.namespace.as_ref().is_none_or(|ns| *ns == key.namespace)
+            && self.labels.matches_object(&ev.object)
+            && self.fields.matches_object(&ev.object)
+    }
+}
+
+/// The stream `watch` returns. It ends only on error or when the store closes.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, StoreError>> + Send>>;
+
+/// Errors of any store. `is_retryable` tells "the caller sent something wrong" from "something we
+/// depend on failed".
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(ObjectKey),
+    #[error("{0} already exists")]
+    AlreadyExists(ObjectKey),
+    #[error("{key} was modified: expected resourceVersion {expected}, the stored one is {actual}; get it again and retry")]
+    Conflict { key: ObjectKey, expected: Revision, actual: Revision },
+    #[error("revision {requested} is no longer retained (oldest retained is {oldest}); list again and watch from the list's revision")]
+    Expired { requested: Revision, oldest: Revision },
+    #[error("invalid continue token: {0}")]
+    InvalidContinueToken(String),
+    #[error("invalid object: {0}")]
+    InvalidObject(String),
+    #[error("store unavailable: {message}")]
+    Unavailable {
+        message: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    #[error("store is closed")]
+    Closed,
+}
+
+impl StoreError {
+    pub fn unavailable<E: std::error::Error + Send + Sync + 'static>(message: impl Into<String>, e: E) -> Self {
+        StoreError::Unavailable { message: format!("{}: {e}", message.into()), source: Some(Box::new(e)) }
+    }
+    /// Whether retrying the same call may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. } | StoreError::Conflict { .. })
+    }
+}
+
+/// The storage contract; see the crate documentation for the guarantees.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Create an object. If `metadata.name` is empty and `metadata.generateName` is set, the store
+    /// picks a unique name from that prefix. Returns the object as stored.
+    async fn create(&self, obj: Value) -> Result<Value, StoreError>;
+
+    /// Read one object.
+    async fn get(&self, key: &ObjectKey) -> Result<Value, StoreError>;
+
+    /// List objects of one kind, ordered by `(namespace, name)`, one page at a time.
+    async fn list(&self, query: &ListQuery) -> Result<ObjectList, StoreError>;
+
+    /// Replace an existing object (spec, status, labels, annotations).
+    async fn update(&self, obj: Value, precondition: Precondition) -> Result<Value, StoreError>;
+
+    /// Delete an object, returning its last state.
+    async fn delete(&self, key: &ObjectKey, precondition: Precondition) -> Result<Value, StoreError>;
+
+    /// Follow changes after `query.from_revision`.
+    async fn watch(&self, query: WatchQuery) -> Result<WatchStream, StoreError>;
+
+    /// The latest committed revision.
+    async fn revision(&self) -> Result<Revision, StoreError>;
+
+    /// A cheap round trip to the database, for readiness.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Finish pending writes, flush to disk and stop. Later calls fail with `Closed`; open
+    /// watches end.
+    async fn close(&self) -> Result<(), StoreError>;
+}
+
+/// Parse a resourceVersion string.
+pub fn parse_revision(s: &str) -> Option<Revision> {
+    s.parse().ok()
+}
+
+/// The resourceVersion of a JSON object, if present and numeric.
+pub fn revision_of(obj: &Value) -> Option<Revision> {
+    obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).and_then(parse_revision)
+}
