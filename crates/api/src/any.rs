@@ -1,12 +1,12 @@
 //! Decoding an untyped document into a typed resource of any kind.
 
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::error::{FieldError, Reason, ValidationErrors};
 use crate::kind::Kind;
-use crate::meta::{ObjectMeta, API_VERSION, DEFAULT_NAMESPACE};
+use crate::meta::{API_VERSION, DEFAULT_NAMESPACE, ObjectMeta};
 use crate::resources::*;
 use crate::validate;
 
@@ -96,11 +96,7 @@ fn decode_typed<T: DeserializeOwned>(value: Value) -> Result<T, ValidationErrors
 }
 
 fn join(path: &str, name: &str) -> String {
-    if path.is_empty() || path == "." {
-        name.to_string()
-    } else {
-        format!("{path}.{name}")
-    }
+    if path.is_empty() || path == "." { name.to_string() } else { format!("{path}.{name}") }
 }
 
 /// Decode one document (already parsed from YAML or JSON) into a typed resource. Checks
@@ -122,7 +118,11 @@ pub fn decode(value: Value) -> Result<AnyResource, ValidationErrors> {
             Reason::UnknownApiVersion,
             format!("unknown apiVersion {v:?}; use {API_VERSION:?}"),
         )),
-        _ => errs.push(FieldError::new("apiVersion", Reason::Required, format!("apiVersion is required; use {API_VERSION:?}"))),
+        _ => errs.push(FieldError::new(
+            "apiVersion",
+            Reason::Required,
+            format!("apiVersion is required; use {API_VERSION:?}"),
+        )),
     }
     let kind = match map.get("kind") {
         Some(Value::String(k)) => match Kind::from_manifest(k) {

@@ -19,9 +19,9 @@ mod validate;
 
 pub use error::{FieldError, Reason, ValidationErrors};
 pub use kind::{Kind, UnknownKind};
-pub use meta::{ObjectMeta, Reference, API_GROUP, API_VERSION, DEFAULT_NAMESPACE};
+pub use meta::{API_GROUP, API_VERSION, DEFAULT_NAMESPACE, ObjectMeta, Reference};
 pub use resources::*;
 pub use validate::{is_dns1123_label, validate_name};
 
 mod any;
-pub use any::{decode, AnyResource};
+pub use any::{AnyResource, decode};

@@ -174,13 +174,19 @@ impl FieldSelector {
             } else if let Some((k, v)) = part.split_once('=') {
                 (k, v, false)
             } else {
-                return Err(SelectorError { input: input.to_string(), message: format!("{part:?} must be FIELD=VALUE or FIELD!=VALUE") });
+                return Err(SelectorError {
+                    input: input.to_string(),
+                    message: format!("{part:?} must be FIELD=VALUE or FIELD!=VALUE"),
+                });
             };
             let path = path.trim();
             if !SELECTABLE_FIELDS.contains(&path) {
                 return Err(SelectorError {
                     input: input.to_string(),
-                    message: format!("field {path:?} cannot be selected on; selectable fields: {}", SELECTABLE_FIELDS.join(", ")),
+                    message: format!(
+                        "field {path:?} cannot be selected on; selectable fields: {}",
+                        SELECTABLE_FIELDS.join(", ")
+                    ),
                 });
             }
             reqs.push(FieldRequirement { path: path.to_string(), value: value.trim().to_string(), negate });

@@ -70,7 +70,11 @@ fn opt_bytes(out: &mut Vec<FieldError>, field: String, s: &Option<String>, limit
 
 fn required(out: &mut Vec<FieldError>, field: String, s: &str) {
     if s.trim().is_empty() {
-        out.push(FieldError::new(field.clone(), Reason::Required, format!("{field} is required and must not be empty")));
+        out.push(FieldError::new(
+            field.clone(),
+            Reason::Required,
+            format!("{field} is required and must not be empty"),
+        ));
     }
 }
 
@@ -159,11 +163,8 @@ fn label_key_ok(k: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         && name.as_bytes()[0].is_ascii_alphanumeric()
         && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
-    let prefix_ok = prefix.is_none_or(|p| {
-        !p.is_empty()
-            && p.len() <= MAX_LABEL_PREFIX_LEN
-            && p.split('.').all(is_dns1123_label)
-    });
+    let prefix_ok =
+        prefix.is_none_or(|p| !p.is_empty() && p.len() <= MAX_LABEL_PREFIX_LEN && p.split('.').all(is_dns1123_label));
     name_ok && prefix_ok
 }
 
@@ -181,8 +182,16 @@ pub(crate) fn validate_meta(m: &ObjectMeta, out: &mut Vec<FieldError>) {
         match &m.generate_name {
             Some(g) if !g.is_empty() => {
                 if g.len() > MAX_GENERATE_NAME_LEN {
-                    out.push(FieldError::size("metadata.generateName", Reason::NameTooLong, "characters", MAX_GENERATE_NAME_LEN, g.len()));
-                } else if !g.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') || g.starts_with('-') {
+                    out.push(FieldError::size(
+                        "metadata.generateName",
+                        Reason::NameTooLong,
+                        "characters",
+                        MAX_GENERATE_NAME_LEN,
+                        g.len(),
+                    ));
+                } else if !g.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    || g.starts_with('-')
+                {
                     out.push(FieldError::new(
                         "metadata.generateName",
                         Reason::InvalidName,
@@ -190,7 +199,11 @@ pub(crate) fn validate_meta(m: &ObjectMeta, out: &mut Vec<FieldError>) {
                     ));
                 }
             }
-            _ => out.push(FieldError::new("metadata.name", Reason::Required, "metadata.name is required (or metadata.generateName)")),
+            _ => out.push(FieldError::new(
+                "metadata.name",
+                Reason::Required,
+                "metadata.name is required (or metadata.generateName)",
+            )),
         }
     } else {
         push(out, validate_name("metadata.name", &m.name));
@@ -219,7 +232,13 @@ pub(crate) fn validate_meta(m: &ObjectMeta, out: &mut Vec<FieldError>) {
     }
     let ann: usize = m.annotations.iter().map(|(k, v)| k.len() + v.len()).sum();
     if ann > MAX_ANNOTATIONS_BYTES {
-        out.push(FieldError::size("metadata.annotations", Reason::AnnotationsTooLarge, "bytes", MAX_ANNOTATIONS_BYTES, ann));
+        out.push(FieldError::size(
+            "metadata.annotations",
+            Reason::AnnotationsTooLarge,
+            "bytes",
+            MAX_ANNOTATIONS_BYTES,
+            ann,
+        ));
     }
 }
 
@@ -243,7 +262,11 @@ impl Validate for AgentProviderSpec {
             relative_path(out, p(&fp, "path"), &f.path);
             max_bytes(out, p(&fp, "content"), Reason::ValueTooLarge, &f.content, MAX_SPEC_TEXT_BYTES);
             if !seen.insert(&f.path) {
-                out.push(FieldError::new(p(&fp, "path"), Reason::Duplicate, format!("input file {:?} is listed twice", f.path)));
+                out.push(FieldError::new(
+                    p(&fp, "path"),
+                    Reason::Duplicate,
+                    format!("input file {:?} is listed twice", f.path),
+                ));
             }
         }
         max_entries(out, p(path, "outputArtifacts"), &self.output_artifacts, MAX_LIST_ENTRIES);
@@ -253,7 +276,11 @@ impl Validate for AgentProviderSpec {
             push(out, validate_name(&p(&ap, "name"), &a.name));
             relative_path(out, p(&ap, "path"), &a.path);
             if !names.insert(&a.name) {
-                out.push(FieldError::new(p(&ap, "name"), Reason::Duplicate, format!("artifact {:?} is listed twice", a.name)));
+                out.push(FieldError::new(
+                    p(&ap, "name"),
+                    Reason::Duplicate,
+                    format!("artifact {:?} is listed twice", a.name),
+                ));
             }
         }
     }
@@ -277,10 +304,18 @@ impl Validate for AgentSpec {
             let ep = format!("{path}.env[{i}]");
             env_name(out, p(&ep, "name"), &e.name);
             if !seen.insert(&e.name) {
-                out.push(FieldError::new(p(&ep, "name"), Reason::Duplicate, format!("environment variable {:?} is listed twice", e.name)));
+                out.push(FieldError::new(
+                    p(&ep, "name"),
+                    Reason::Duplicate,
+                    format!("environment variable {:?} is listed twice", e.name),
+                ));
             }
             match (&e.value, &e.value_from) {
-                (Some(_), Some(_)) => out.push(FieldError::new(ep.clone(), Reason::InvalidValue, "set either value or valueFrom, not both")),
+                (Some(_), Some(_)) => out.push(FieldError::new(
+                    ep.clone(),
+                    Reason::InvalidValue,
+                    "set either value or valueFrom, not both",
+                )),
                 (None, None) => out.push(FieldError::new(ep.clone(), Reason::Required, "set value or valueFrom")),
                 _ => {}
             }
@@ -296,8 +331,20 @@ impl Validate for AgentSpec {
                 }
             }
         }
-        range_u64(out, format!("{path}.defaults.timeoutSeconds"), self.defaults.timeout_seconds, 1, MAX_TIMEOUT_SECONDS);
-        range_u64(out, format!("{path}.defaults.retryLimit"), self.defaults.retry_limit.map(u64::from), 0, u64::from(MAX_RETRY_LIMIT));
+        range_u64(
+            out,
+            format!("{path}.defaults.timeoutSeconds"),
+            self.defaults.timeout_seconds,
+            1,
+            MAX_TIMEOUT_SECONDS,
+        );
+        range_u64(
+            out,
+            format!("{path}.defaults.retryLimit"),
+            self.defaults.retry_limit.map(u64::from),
+            0,
+            u64::from(MAX_RETRY_LIMIT),
+        );
         string_list(out, format!("{path}.security.allowedSecrets"), &self.security.allowed_secrets);
         for (i, s) in self.security.allowed_secrets.iter().enumerate() {
             push(out, validate_name(&format!("{path}.security.allowedSecrets[{i}]"), s));
@@ -335,7 +382,13 @@ impl Validate for ImplementationSpecSpec {
             ));
         }
         for (i, c) in self.acceptance_criteria.iter().enumerate() {
-            max_bytes(out, format!("{path}.acceptanceCriteria[{i}]"), Reason::AcceptanceCriterionTooLarge, c, MAX_ACCEPTANCE_CRITERION_BYTES);
+            max_bytes(
+                out,
+                format!("{path}.acceptanceCriteria[{i}]"),
+                Reason::AcceptanceCriterionTooLarge,
+                c,
+                MAX_ACCEPTANCE_CRITERION_BYTES,
+            );
         }
         string_list(out, p(path, "labels"), &self.labels);
         if let Some(s) = &self.source {
@@ -380,7 +433,13 @@ impl Validate for ImplementationSourceSpec {
         }
         string_list(out, format!("{path}.scope.labels"), &s.labels);
         if self.mapping.len() > MAX_LIST_ENTRIES {
-            out.push(FieldError::size(p(path, "mapping"), Reason::TooManyEntries, "entries", MAX_LIST_ENTRIES, self.mapping.len()));
+            out.push(FieldError::size(
+                p(path, "mapping"),
+                Reason::TooManyEntries,
+                "entries",
+                MAX_LIST_ENTRIES,
+                self.mapping.len(),
+            ));
         }
     }
 }
@@ -401,7 +460,13 @@ fn parameters(out: &mut Vec<FieldError>, field: String, params: &BTreeMap<String
             ));
         }
         if v.len() > MAX_PARAMETER_VALUE_BYTES {
-            out.push(FieldError::size(format!("{field}.{k}"), Reason::ParameterValueTooLarge, "bytes", MAX_PARAMETER_VALUE_BYTES, v.len()));
+            out.push(FieldError::size(
+                format!("{field}.{k}"),
+                Reason::ParameterValueTooLarge,
+                "bytes",
+                MAX_PARAMETER_VALUE_BYTES,
+                v.len(),
+            ));
         }
     }
 }
@@ -460,7 +525,11 @@ impl Validate for AgentRunSpec {
                 let sp = format!("{wp}[{i}]");
                 push(out, validate_name(&p(&sp, "name"), &s.name));
                 if !names.insert(&s.name) {
-                    out.push(FieldError::new(p(&sp, "name"), Reason::Duplicate, format!("step {:?} is listed twice", s.name)));
+                    out.push(FieldError::new(
+                        p(&sp, "name"),
+                        Reason::Duplicate,
+                        format!("step {:?} is listed twice", s.name),
+                    ));
                 }
                 if s.implementation_spec_ref.is_some() || s.implementation.is_some() {
                     implementation(out, &sp, &s.implementation_spec_ref, &s.implementation);
@@ -472,7 +541,13 @@ impl Validate for AgentRunSpec {
         }
         if let Some(ws) = &self.workspace {
             required(out, format!("{path}.workspace.repository"), &ws.repository);
-            max_bytes(out, format!("{path}.workspace.repository"), Reason::ValueTooLarge, &ws.repository, MAX_SHORT_TEXT_BYTES);
+            max_bytes(
+                out,
+                format!("{path}.workspace.repository"),
+                Reason::ValueTooLarge,
+                &ws.repository,
+                MAX_SHORT_TEXT_BYTES,
+            );
             opt_bytes(out, format!("{path}.workspace.ref"), &ws.ref_, 256);
         }
         if let Some(w) = &self.workload {
@@ -505,7 +580,11 @@ impl Validate for MemorySpec {
         let mut seen = BTreeSet::new();
         for (i, c) in self.capabilities.iter().enumerate() {
             if !seen.insert(*c as u8) {
-                out.push(FieldError::new(format!("{path}.capabilities[{i}]"), Reason::Duplicate, "capability listed twice"));
+                out.push(FieldError::new(
+                    format!("{path}.capabilities[{i}]"),
+                    Reason::Duplicate,
+                    "capability listed twice",
+                ));
             }
         }
     }
@@ -559,13 +638,23 @@ impl Validate for ToolSpec {
         opt_bytes(out, p(path, "description"), &self.description, MAX_SHORT_TEXT_BYTES);
         if let Some(m) = &self.mcp {
             match (&m.url, m.command.is_empty()) {
-                (Some(_), false) => out.push(FieldError::new(format!("{path}.mcp"), Reason::InvalidValue, "set either mcp.url or mcp.command, not both")),
-                (None, true) => out.push(FieldError::new(format!("{path}.mcp"), Reason::Required, "set mcp.url or mcp.command")),
+                (Some(_), false) => out.push(FieldError::new(
+                    format!("{path}.mcp"),
+                    Reason::InvalidValue,
+                    "set either mcp.url or mcp.command, not both",
+                )),
+                (None, true) => {
+                    out.push(FieldError::new(format!("{path}.mcp"), Reason::Required, "set mcp.url or mcp.command"))
+                }
                 _ => {}
             }
             if let Some(u) = &m.url {
                 if !(u.starts_with("http://") || u.starts_with("https://")) {
-                    out.push(FieldError::new(format!("{path}.mcp.url"), Reason::InvalidValue, format!("{u:?} must be an http:// or https:// URL")));
+                    out.push(FieldError::new(
+                        format!("{path}.mcp.url"),
+                        Reason::InvalidValue,
+                        format!("{u:?} must be an http:// or https:// URL"),
+                    ));
                 }
             }
             string_list(out, format!("{path}.mcp.command"), &m.command);
@@ -575,11 +664,21 @@ impl Validate for ToolSpec {
         for (i, o) in self.operations.iter().enumerate() {
             required(out, format!("{path}.operations[{i}].name"), &o.name);
             if !seen.insert(&o.name) {
-                out.push(FieldError::new(format!("{path}.operations[{i}].name"), Reason::Duplicate, format!("operation {:?} is listed twice", o.name)));
+                out.push(FieldError::new(
+                    format!("{path}.operations[{i}].name"),
+                    Reason::Duplicate,
+                    format!("operation {:?} is listed twice", o.name),
+                ));
             }
         }
         if let Some(r) = &self.rate_limit {
-            range_u64(out, format!("{path}.rateLimit.requestsPerMinute"), Some(u64::from(r.requests_per_minute)), 1, 1_000_000);
+            range_u64(
+                out,
+                format!("{path}.rateLimit.requestsPerMinute"),
+                Some(u64::from(r.requests_per_minute)),
+                1,
+                1_000_000,
+            );
         }
         if let Some(r) = &self.redact {
             string_list(out, format!("{path}.redact.fields"), &r.fields);
@@ -595,7 +694,12 @@ impl Validate for ApprovalSpec {
         max_bytes(out, p(path, "subject"), Reason::ValueTooLarge, &self.subject, 256);
         opt_reference(out, p(path, "run"), &self.run);
         required(out, format!("{path}.operation.tool"), &self.operation.tool);
-        opt_bytes(out, format!("{path}.operation.argumentsSummary"), &self.operation.arguments_summary, MAX_SHORT_TEXT_BYTES);
+        opt_bytes(
+            out,
+            format!("{path}.operation.argumentsSummary"),
+            &self.operation.arguments_summary,
+            MAX_SHORT_TEXT_BYTES,
+        );
         required(out, p(path, "reason"), &self.reason);
         max_bytes(out, p(path, "reason"), Reason::ValueTooLarge, &self.reason, MAX_SHORT_TEXT_BYTES);
         if let Some(e) = &self.environment {
@@ -618,12 +722,20 @@ impl Validate for PolicySpec {
             let mp = format!("{path}.modules[{i}]");
             required(out, p(&mp, "name"), &m.name);
             if !seen.insert(&m.name) {
-                out.push(FieldError::new(p(&mp, "name"), Reason::Duplicate, format!("module {:?} is listed twice", m.name)));
+                out.push(FieldError::new(
+                    p(&mp, "name"),
+                    Reason::Duplicate,
+                    format!("module {:?} is listed twice", m.name),
+                ));
             }
             required(out, p(&mp, "rego"), &m.rego);
             max_bytes(out, p(&mp, "rego"), Reason::ValueTooLarge, &m.rego, MAX_REGO_BYTES);
             if !m.rego.trim().is_empty() && !m.rego.lines().any(|l| l.trim_start().starts_with("package ")) {
-                out.push(FieldError::new(p(&mp, "rego"), Reason::InvalidValue, "a Rego module must start with a package declaration"));
+                out.push(FieldError::new(
+                    p(&mp, "rego"),
+                    Reason::InvalidValue,
+                    "a Rego module must start with a package declaration",
+                ));
             }
         }
     }

@@ -1,26 +1,255 @@
-//! The agentplane HTTP API server (placeholder; being written).
-use std::path::PathBuf;
+//! The agentplane server: the HTTP API over the store, wired with configuration, logging,
+//! graceful shutdown and the development example loader.
+//!
+//! This crate owns routing, request decoding and limits, admission (decode → check against the
+//! URL → defaults → validation), the API error format, the OpenAPI document, and process
+//! lifecycle. Domain rules live in `agentplane-api`; persistence lives behind
+//! `agentplane_store::Store`. It must not hold state that the store does not: any replica can
+//! serve any request.
 
-/// Flags of `agentctl server`.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct ServerArgs {
-    /// Address to listen on [default: 127.0.0.1:7300]
-    #[arg(long, env = "AGENTPLANE_LISTEN")]
-    pub listen: Option<String>,
-    /// Data directory [default: ./.agentplane]
-    #[arg(long, env = "AGENTPLANE_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Load the example resources
-    #[arg(long)]
-    pub dev: bool,
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod examples;
+pub mod openapi;
+pub mod resources;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentplane_store::Store;
+use agentplane_store_sqlite::{SqliteOptions, SqliteStore, Synchronous};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use config::{Config, ConfigError, ServerArgs};
+use error::{ApiError, ErrorCode};
+
+/// Shared state of every handler.
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub config: Arc<Config>,
+    /// Flips to `true` when shutdown starts; long-lived streams end on it.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("config", &self.config).finish_non_exhaustive()
+    }
 }
 
 /// Error starting or running the server.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ServerError(pub String);
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+    #[error("cannot prepare data directory {dir}: {source}")]
+    DataDir { dir: String, source: std::io::Error },
+    #[error("cannot open the store: {0}")]
+    Store(#[from] agentplane_store::StoreError),
+    #[error("loading examples: {0}")]
+    Examples(String),
+    #[error("server failed: {0}")]
+    Serve(std::io::Error),
+}
 
-/// Run the server until SIGTERM/SIGINT.
-pub async fn run(_args: ServerArgs) -> Result<(), ServerError> {
-    Err(ServerError("not yet".into()))
+/// The API router over a store.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/api/openapi.json", get(openapi_json))
+        .route("/api/v1/version", get(version))
+        .route("/api/v1/{plural}", get(resources::list_all))
+        .route("/api/v1/namespaces/{namespace}/{plural}", get(resources::list_namespaced).post(resources::create))
+        .route(
+            "/api/v1/namespaces/{namespace}/{plural}/{name}",
+            get(resources::get_one).put(resources::put).delete(resources::delete),
+        )
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+            ApiError::new(ErrorCode::Internal, "internal error; see the server log").into_response()
+        }))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such endpoint; see /api/openapi.json")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this endpoint; see /api/openapi.json")
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(st): State<Arc<AppState>>) -> Response {
+    if *st.shutdown.borrow() {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "shutting down"}))).into_response();
+    }
+    match st.store.ping().await {
+        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "store unavailable"}))).into_response()
+        }
+    }
+}
+
+async fn version() -> Json<serde_json::Value> {
+    Json(json!({"version": env!("CARGO_PKG_VERSION"), "apiVersion": agentplane_api::API_VERSION}))
+}
+
+async fn openapi_json() -> Json<serde_json::Value> {
+    Json(openapi::openapi())
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A second init (tests starting several servers in one process) keeps the first subscriber.
+    let _ = match config.log_format {
+        config::LogFormat::Json => builder.json().try_init(),
+        config::LogFormat::Text => builder.try_init(),
+    };
+}
+
+fn prepare_data_dir(dir: &Path) -> Result<(), ServerError> {
+    let err = |source| ServerError::DataDir { dir: dir.display().to_string(), source };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Open the store the configuration names.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
+    prepare_data_dir(&config.data_dir)?;
+    let options = SqliteOptions {
+        synchronous: match config.store.synchronous {
+            config::SyncMode::Normal => Synchronous::Normal,
+            config::SyncMode::Full => Synchronous::Full,
+        },
+        event_history: config.store.event_history,
+        ..SqliteOptions::default()
+    };
+    let path = config.data_dir.join("agentplane.db");
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path, options))
+        .await
+        .map_err(|e| ServerError::Examples(format!("store open task failed: {e}")))??;
+    Ok(store)
+}
+
+/// A running server: its address, and a handle to stop it.
+#[derive(Debug)]
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), ServerError>>,
+}
+
+impl RunningServer {
+    /// Start graceful shutdown and wait for it to finish.
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        let _ = self.shutdown.send(true);
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(ServerError::Serve(std::io::Error::other(e.to_string()))),
+        }
+    }
+}
+
+/// Start serving `config` in the background (used by `run` and by tests and benchmarks).
+pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
+    let addr = config.listen_addr()?;
+    let store = open_store(&config).await?;
+    if config.dev {
+        let report = examples::load_dir(store.as_ref(), &config.examples_dir).await.map_err(ServerError::Examples)?;
+        tracing::info!(dir = %config.examples_dir.display(), created = report.created, configured = report.configured, unchanged = report.unchanged, "loaded example resources");
+    }
+    let listener =
+        TcpListener::bind(addr).await.map_err(|source| ServerError::Listen { addr: addr.to_string(), source })?;
+    let local = listener.local_addr().map_err(ServerError::Serve)?;
+    let (tx, rx) = watch::channel(false);
+    let grace = Duration::from_secs(config.shutdown_grace_seconds);
+    let state = Arc::new(AppState { store: store.clone(), config: Arc::new(config), shutdown: rx.clone() });
+    let app = router(state);
+    let mut stop = rx.clone();
+    let task = tokio::spawn(async move {
+        let mut stop2 = stop.clone();
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+            tracing::info!("shutting down: no new connections; finishing in-flight requests");
+        });
+        let serve = serve.into_future();
+        tokio::pin!(serve);
+        let result = tokio::select! {
+            r = &mut serve => r.map_err(ServerError::Serve),
+            _ = async {
+                let _ = stop2.wait_for(|s| *s).await;
+                tokio::time::sleep(grace).await;
+            } => {
+                tracing::warn!(grace_seconds = grace.as_secs(), "in-flight requests did not finish in time; closing");
+                Ok(())
+            }
+        };
+        store.close().await?;
+        tracing::info!("store flushed and closed");
+        result
+    });
+    tracing::info!(addr = %local, "agentplane server listening on http://{local}");
+    Ok(RunningServer { addr: local, shutdown: tx, task })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("received SIGTERM"),
+                    _ = int.recv() => tracing::info!("received SIGINT"),
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `agentctl server`: load the config (flags, `AGENTPLANE_*` environment, file), serve until
+/// SIGTERM or SIGINT, then shut down gracefully.
+pub async fn run(args: ServerArgs) -> Result<(), ServerError> {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let config = Config::load(&args, &env)?;
+    init_logging(&config);
+    let server = start(config).await?;
+    wait_for_signal().await;
+    server.shutdown().await
 }

@@ -1,0 +1,289 @@
+//! Server configuration: one typed, strict config. Layers, lowest first: built-in defaults <
+//! config file (TOML, `--config` or `AGENTPLANE_CONFIG`) < `AGENTPLANE_*` environment < flags.
+//! Unknown keys in the file and unknown `AGENTPLANE_*` variables are errors, so a typo never
+//! silently falls back to a default.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Flags of `agentctl server`. Every flag overrides the file and the environment.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServerArgs {
+    /// Config file (TOML). Env: AGENTPLANE_CONFIG
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on; port 0 picks a free port [default: 127.0.0.1:7300]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Directory for the database and keys [default: ./.agentplane]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Largest request body accepted, in bytes [default: 1048576]
+    #[arg(long, value_name = "BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Development mode: load the example resources from --examples-dir (idempotently)
+    #[arg(long)]
+    pub dev: bool,
+    /// Where --dev finds the example manifests [default: ./examples]
+    #[arg(long, value_name = "DIR")]
+    pub examples_dir: Option<PathBuf>,
+    /// Log format: text or json [default: text]
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+    /// Log filter, e.g. info or agentplane_server=debug [default: info]
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// SQLite synchronous mode: normal (survives a process crash) or full (also survives power
+    /// loss) [default: normal]
+    #[arg(long, value_name = "MODE")]
+    pub store_synchronous: Option<String>,
+}
+
+/// How SQLite syncs commits to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    Normal,
+    Full,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Store settings (`[store]` in the file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub synchronous: SyncMode,
+    /// Changes retained for `?watch=true&resourceVersion=N` resumption.
+    pub event_history: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { synchronous: SyncMode::Normal, event_history: 100_000 }
+    }
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub max_body_bytes: usize,
+    pub dev: bool,
+    pub examples_dir: PathBuf,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    /// How long shutdown waits for in-flight requests before giving up on them.
+    pub shutdown_grace_seconds: u64,
+    pub store: StoreConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:7300".into(),
+            data_dir: PathBuf::from("./.agentplane"),
+            max_body_bytes: 1024 * 1024,
+            dev: false,
+            examples_dir: PathBuf::from("./examples"),
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            shutdown_grace_seconds: 30,
+            store: StoreConfig::default(),
+        }
+    }
+}
+
+/// A configuration problem, naming the key and its source.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {0}")]
+pub struct ConfigError(pub String);
+
+/// Every environment variable the server reads, with the config key it sets.
+pub const ENV_VARS: &[(&str, &str)] = &[
+    ("AGENTPLANE_CONFIG", "config file path"),
+    ("AGENTPLANE_LISTEN", "listen"),
+    ("AGENTPLANE_DATA_DIR", "data_dir"),
+    ("AGENTPLANE_MAX_BODY_BYTES", "max_body_bytes"),
+    ("AGENTPLANE_DEV", "dev"),
+    ("AGENTPLANE_EXAMPLES_DIR", "examples_dir"),
+    ("AGENTPLANE_LOG_FORMAT", "log_format"),
+    ("AGENTPLANE_LOG_LEVEL", "log_level"),
+    ("AGENTPLANE_SHUTDOWN_GRACE_SECONDS", "shutdown_grace_seconds"),
+    ("AGENTPLANE_STORE_SYNCHRONOUS", "store.synchronous"),
+    ("AGENTPLANE_STORE_EVENT_HISTORY", "store.event_history"),
+];
+
+fn parse<T: std::str::FromStr>(var: &str, v: &str) -> Result<T, ConfigError> {
+    v.parse().map_err(|_| ConfigError(format!("{var}={v:?} is not a valid value")))
+}
+
+fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, v: &str) -> Result<T, ConfigError> {
+    serde_json::from_value(serde_json::Value::String(v.to_ascii_lowercase()))
+        .map_err(|_| ConfigError(format!("{what}={v:?} is not a valid value")))
+}
+
+fn parse_bool(var: &str, v: &str) -> Result<bool, ConfigError> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        _ => Err(ConfigError(format!("{var}={v:?} is not a boolean (true/false)"))),
+    }
+}
+
+impl Config {
+    /// Build the effective config from the flags and an environment map (pass
+    /// `std::env::vars().collect()` in production, a literal map in tests).
+    pub fn load(args: &ServerArgs, env: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
+        for k in env.keys() {
+            if k.starts_with("AGENTPLANE_") && !ENV_VARS.iter().any(|(v, _)| v == k) {
+                return Err(ConfigError(format!(
+                    "unknown environment variable {k}; known: {}",
+                    ENV_VARS.iter().map(|(v, _)| *v).collect::<Vec<_>>().join(", ")
+                )));
+            }
+        }
+        let file = args.config.clone().or_else(|| env.get("AGENTPLANE_CONFIG").map(PathBuf::from));
+        let mut c = match &file {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        for (var, v) in env {
+            match var.as_str() {
+                "AGENTPLANE_LISTEN" => c.listen = v.clone(),
+                "AGENTPLANE_DATA_DIR" => c.data_dir = PathBuf::from(v),
+                "AGENTPLANE_MAX_BODY_BYTES" => c.max_body_bytes = parse(var, v)?,
+                "AGENTPLANE_DEV" => c.dev = parse_bool(var, v)?,
+                "AGENTPLANE_EXAMPLES_DIR" => c.examples_dir = PathBuf::from(v),
+                "AGENTPLANE_LOG_FORMAT" => c.log_format = parse_enum(var, v)?,
+                "AGENTPLANE_LOG_LEVEL" => c.log_level = v.clone(),
+                "AGENTPLANE_SHUTDOWN_GRACE_SECONDS" => c.shutdown_grace_seconds = parse(var, v)?,
+                "AGENTPLANE_STORE_SYNCHRONOUS" => c.store.synchronous = parse_enum(var, v)?,
+                "AGENTPLANE_STORE_EVENT_HISTORY" => c.store.event_history = parse(var, v)?,
+                _ => {}
+            }
+        }
+        if let Some(v) = &args.listen {
+            c.listen = v.clone();
+        }
+        if let Some(v) = &args.data_dir {
+            c.data_dir = v.clone();
+        }
+        if let Some(v) = args.max_body_bytes {
+            c.max_body_bytes = v;
+        }
+        if args.dev {
+            c.dev = true;
+        }
+        if let Some(v) = &args.examples_dir {
+            c.examples_dir = v.clone();
+        }
+        if let Some(v) = &args.log_format {
+            c.log_format = parse_enum("--log-format", v)?;
+        }
+        if let Some(v) = &args.log_level {
+            c.log_level = v.clone();
+        }
+        if let Some(v) = &args.store_synchronous {
+            c.store.synchronous = parse_enum("--store-synchronous", v)?;
+        }
+        c.check()?;
+        Ok(c)
+    }
+
+    fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.to_string().trim())))
+    }
+
+    /// Checks that hold whatever the source.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        if self.max_body_bytes < 1024 || self.max_body_bytes > 64 * 1024 * 1024 {
+            return Err(ConfigError(format!(
+                "max_body_bytes = {} is out of range; use 1024 to 67108864",
+                self.max_body_bytes
+            )));
+        }
+        if self.store.event_history < 1_000 {
+            return Err(ConfigError(format!(
+                "store.event_history = {} is too small; use at least 1000",
+                self.store.event_history
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen
+            .parse()
+            .map_err(|_| ConfigError(format!("listen = {:?} is not an address like 127.0.0.1:7300", self.listen)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect()
+    }
+
+    #[test]
+    fn layers_defaults_file_env_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "listen = \"127.0.0.1:1000\"\nmax_body_bytes = 2048\n[store]\nsynchronous = \"full\"\n")
+            .unwrap();
+        let args = ServerArgs { config: Some(f.clone()), ..Default::default() };
+        let c = Config::load(&args, &env(&[])).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:1000");
+        assert_eq!(c.max_body_bytes, 2048);
+        assert_eq!(c.store.synchronous, SyncMode::Full);
+        assert_eq!(c.data_dir, PathBuf::from("./.agentplane"));
+
+        let c = Config::load(&args, &env(&[("AGENTPLANE_LISTEN", "127.0.0.1:2000")])).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:2000");
+
+        let args = ServerArgs { listen: Some("127.0.0.1:3000".into()), ..args };
+        let c = Config::load(&args, &env(&[("AGENTPLANE_LISTEN", "127.0.0.1:2000")])).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:3000");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "lisen = \"x\"\n").unwrap();
+        let args = ServerArgs { config: Some(f), ..Default::default() };
+        let e = Config::load(&args, &env(&[])).unwrap_err().to_string();
+        assert!(e.contains("lisen"), "{e}");
+
+        let e = Config::load(&ServerArgs::default(), &env(&[("AGENTPLANE_LSTEN", "x")])).unwrap_err().to_string();
+        assert!(e.contains("AGENTPLANE_LSTEN"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        let e = Config::load(&ServerArgs::default(), &env(&[("AGENTPLANE_MAX_BODY_BYTES", "lots")])).unwrap_err();
+        assert!(e.to_string().contains("AGENTPLANE_MAX_BODY_BYTES"));
+        let e =
+            Config::load(&ServerArgs { listen: Some("nowhere".into()), ..Default::default() }, &env(&[])).unwrap_err();
+        assert!(e.to_string().contains("nowhere"));
+        let e =
+            Config::load(&ServerArgs { store_synchronous: Some("sometimes".into()), ..Default::default() }, &env(&[]))
+                .unwrap_err();
+        assert!(e.to_string().contains("sometimes"));
+    }
+}
