@@ -1,1 +1,94 @@
-fn main() {}
+//! `agentctl`: the agentplane CLI (apply, get, describe, delete, version, completion) and the
+//! server (`agentctl server`). This binary owns argument parsing, client configuration, the
+//! HTTP client and all printing; it must not implement server logic (that is
+//! `agentplane-server`'s).
+
+mod cli;
+mod client;
+mod commands;
+mod config;
+mod error;
+mod manifest;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+
+use crate::cli::{Cli, ClientArgs, Command, OutputFormat};
+use crate::commands::Ctx;
+use crate::config::{ProcessEnv, Settings};
+use crate::error::{CliError, Exit};
+use crate::output::Printer;
+
+fn main() -> ExitCode {
+    // Usage errors exit 2 and --help/--version exit 0, both by clap.
+    let cli = Cli::parse();
+    let top = cli.global;
+    let (result, printer) = match cli.command {
+        Command::Server(args) => {
+            if !top.is_empty() {
+                Cli::command()
+                    .error(
+                        clap::error::ErrorKind::ArgumentConflict,
+                        "client flags (--server, -n, -o, --config) cannot be given before 'server'; \
+                         server flags go after it, e.g. 'agentctl server --config FILE'",
+                    )
+                    .exit();
+            }
+            (run_server(args), Printer::new(OutputFormat::Table))
+        }
+        Command::Completion(args) => {
+            let printer = Printer::new(OutputFormat::Table);
+            (completion(args.shell, &printer), printer)
+        }
+        Command::Apply(a) => client(top.merged(&a.client), |ctx| Box::pin(commands::apply(ctx, a))),
+        Command::Get(a) => client(top.merged(&a.client), |ctx| Box::pin(commands::get(ctx, a))),
+        Command::Describe(a) => client(top.merged(&a.client), |ctx| Box::pin(commands::describe(ctx, a))),
+        Command::Delete(a) => client(top.merged(&a.client), |ctx| Box::pin(commands::delete(ctx, a))),
+        Command::Version(a) => client(top.merged(&a.client), |ctx| Box::pin(commands::version(ctx))),
+    };
+    match result {
+        Ok(exit) => ExitCode::from(exit.code()),
+        Err(err) => {
+            printer.error("", &err);
+            ExitCode::from(err.exit().code())
+        }
+    }
+}
+
+type CommandFuture<'a> = std::pin::Pin<Box<dyn Future<Output = Result<Exit, CliError>> + 'a>>;
+
+/// Resolves the settings and runs one client command on a single-threaded runtime.
+fn client(
+    flags: ClientArgs,
+    command: impl for<'a> FnOnce(&'a Ctx) -> CommandFuture<'a>,
+) -> (Result<Exit, CliError>, Printer) {
+    let format = flags.output.unwrap_or_default();
+    let result = (|| {
+        let settings = Settings::resolve(&flags, &ProcessEnv)?;
+        let ctx = Ctx { settings, printer: Printer::new(format) };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| CliError::Other(format!("cannot start the async runtime: {e}")))?;
+        rt.block_on(command(&ctx))
+    })();
+    (result, Printer::new(format))
+}
+
+fn run_server(args: agentplane_server::ServerArgs) -> Result<Exit, CliError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Other(format!("cannot start the async runtime: {e}")))?;
+    rt.block_on(agentplane_server::run(args)).map_err(|e| CliError::Other(format!("server: {e}")))?;
+    Ok(Exit::Ok)
+}
+
+fn completion(shell: clap_complete::Shell, printer: &Printer) -> Result<Exit, CliError> {
+    let mut buf = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "agentctl", &mut buf);
+    printer.out(&String::from_utf8_lossy(&buf))?;
+    Ok(Exit::Ok)
+}

@@ -12,8 +12,10 @@ use crate::validate;
 
 macro_rules! any_resource {
     ($($kind:ident),* $(,)?) => {
-        /// A typed resource of any kind.
+        /// A typed resource of any kind. Short-lived (decode, validate, serialise), so the size
+        /// difference between variants is not worth a box.
         #[derive(Debug, Clone, PartialEq)]
+        #[allow(clippy::large_enum_variant)]
         pub enum AnyResource {
             $($kind($kind),)*
         }

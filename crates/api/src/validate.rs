@@ -102,8 +102,10 @@ fn opt_reference(out: &mut Vec<FieldError>, field: String, r: &Option<Reference>
 }
 
 fn level(out: &mut Vec<FieldError>, field: String, l: Option<u8>) {
-    if let Some(l) = l {
-        if !(MIN_TAKEOVER_LEVEL..=MAX_TAKEOVER_LEVEL).contains(&l) {
+    if let Some(l) = l
+        && !(MIN_TAKEOVER_LEVEL..=MAX_TAKEOVER_LEVEL).contains(&l)
+    {
+        {
             out.push(FieldError {
                 message: format!("{field} is {l}; takeover levels run from {MIN_TAKEOVER_LEVEL} (observe) to {MAX_TAKEOVER_LEVEL} (autonomous)"),
                 field,
@@ -116,8 +118,10 @@ fn level(out: &mut Vec<FieldError>, field: String, l: Option<u8>) {
 }
 
 fn range_u64(out: &mut Vec<FieldError>, field: String, v: Option<u64>, min: u64, max: u64) {
-    if let Some(v) = v {
-        if v < min || v > max {
+    if let Some(v) = v
+        && (v < min || v > max)
+    {
+        {
             out.push(FieldError {
                 message: format!("{field} is {v}; it must be between {min} and {max}"),
                 field,
@@ -606,8 +610,10 @@ impl Validate for EnvironmentSpec {
         opt_bytes(out, p(path, "description"), &self.description, MAX_SHORT_TEXT_BYTES);
         level(out, p(path, "maxTakeoverLevel"), self.max_takeover_level);
         level(out, p(path, "defaultTakeoverLevel"), self.default_takeover_level);
-        if let (Some(max), Some(def)) = (self.max_takeover_level, self.default_takeover_level) {
-            if def > max {
+        if let (Some(max), Some(def)) = (self.max_takeover_level, self.default_takeover_level)
+            && def > max
+        {
+            {
                 out.push(FieldError {
                     field: p(path, "defaultTakeoverLevel"),
                     reason: Reason::OutOfRange,
@@ -648,8 +654,10 @@ impl Validate for ToolSpec {
                 }
                 _ => {}
             }
-            if let Some(u) = &m.url {
-                if !(u.starts_with("http://") || u.starts_with("https://")) {
+            if let Some(u) = &m.url
+                && !(u.starts_with("http://") || u.starts_with("https://"))
+            {
+                {
                     out.push(FieldError::new(
                         format!("{path}.mcp.url"),
                         Reason::InvalidValue,

@@ -1,4 +1,5 @@
 //! Table-driven tests of every validation rule and limit.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use agentplane_api::{AnyResource, FieldError, Reason, decode, limits::*};
 use serde_json::{Value, json};

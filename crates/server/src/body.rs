@@ -22,10 +22,9 @@ fn too_large(limit: usize, actual: Option<u64>) -> ApiError {
 pub async fn read_document(headers: &HeaderMap, body: Body, limit: usize) -> Result<Value, ApiError> {
     if let Some(len) =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+        && len > limit as u64
     {
-        if len > limit as u64 {
-            return Err(too_large(limit, Some(len)));
-        }
+        return Err(too_large(limit, Some(len)));
     }
     let yaml = match headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
         None => true,

@@ -56,7 +56,7 @@ pub struct ApiError {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub details: Option<Value>,
+    pub details: Option<Box<Value>>,
 }
 
 impl ApiError {
@@ -71,7 +71,7 @@ impl ApiError {
         self
     }
     pub fn with_details(mut self, details: Value) -> Self {
-        self.details = Some(details);
+        self.details = Some(Box::new(details));
         self
     }
 }
@@ -88,7 +88,7 @@ impl From<ValidationErrors> for ApiError {
             code: ErrorCode::ValidationFailed,
             message,
             field: first.map(|f| f.field),
-            details: Some(json!({ "errors": e.0 })),
+            details: Some(Box::new(json!({ "errors": e.0 }))),
         }
     }
 }

@@ -42,10 +42,10 @@ fn hoist_defs(kind: Kind, mut schema: Value, components: &mut Map<String, Value>
     fn rewrite(v: &mut Value, prefix: &str) {
         match v {
             Value::Object(o) => {
-                if let Some(Value::String(r)) = o.get_mut("$ref") {
-                    if let Some(name) = r.strip_prefix("#/$defs/") {
-                        *r = format!("#/components/schemas/{prefix}.{name}");
-                    }
+                if let Some(Value::String(r)) = o.get_mut("$ref")
+                    && let Some(name) = r.strip_prefix("#/$defs/")
+                {
+                    *r = format!("#/components/schemas/{prefix}.{name}");
                 }
                 for (_, c) in o.iter_mut() {
                     rewrite(c, prefix);

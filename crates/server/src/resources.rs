@@ -137,6 +137,10 @@ pub async fn apply(
     strip_server_meta(&mut desired);
     if let Some(rv) = cas {
         let existing = store.get(&key).await?;
+        if revision_of(&existing) == Some(rv) && same_desired_state(&existing, &desired) {
+            // Nothing to change: do not write (a write would bump the version for nothing).
+            return Ok((ApplyResult::Unchanged, existing));
+        }
         let next = merged(&existing, &desired);
         let stored = store.update(next, Precondition::ResourceVersion(rv)).await?;
         return Ok((changed_or_not(&existing, &stored), stored));
@@ -359,10 +363,11 @@ fn parse_list_params(q: &BTreeMap<String, String>, headers: &HeaderMap) -> Resul
             other => return Err(ApiError::invalid(format!("unknown query parameter {other:?}; known: {LIST_PARAMS}"))),
         }
     }
-    if p.watch && p.resource_version.is_none() {
-        if let Some(id) = headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
-            p.resource_version = parse_revision(id);
-        }
+    if p.watch
+        && p.resource_version.is_none()
+        && let Some(id) = headers.get("last-event-id").and_then(|v| v.to_str().ok())
+    {
+        p.resource_version = parse_revision(id);
     }
     Ok(p)
 }

@@ -1,4 +1,5 @@
 //! The HTTP API over a real server on a random loopback port.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

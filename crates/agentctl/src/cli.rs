@@ -1,0 +1,217 @@
+//! Command-line syntax: every command, flag and help text of `agentctl`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Exit codes, shown at the end of `agentctl --help`. Keep in sync with `docs/cli.md` and
+/// [`crate::error::Exit`].
+const AFTER_HELP: &str = "\
+Exit codes:
+  0  success
+  1  other error (I/O, configuration, unexpected server reply)
+  2  usage error (unknown command or flag, bad flag value)
+  3  not found
+  4  conflict or already exists
+  5  invalid input (validation failed, bad YAML/JSON, unknown kind or apiVersion)
+  6  server unreachable (connection refused, timed out)
+  7  server error (5xx)
+
+Environment:
+  AGENTCTL_SERVER     server URL (overrides the config file; --server overrides it)
+  AGENTCTL_NAMESPACE  default namespace (overrides the config file; -n overrides it)
+  AGENTCTL_CONFIG     config file path (--config overrides it)
+
+See docs/cli.md for the full reference.";
+
+/// agentctl: the agentplane command-line client and server.
+#[derive(Debug, Parser)]
+#[command(name = "agentctl", version, about, after_help = AFTER_HELP, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: ClientArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags of the client commands. They may be given before the command name (`agentctl -n x get
+/// runs`) or after it (`agentctl get runs -n x`); after wins. They are not clap "global" flags so
+/// that `agentctl server` keeps its own `--config`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ClientArgs {
+    /// Server URL (http only) [env: AGENTCTL_SERVER] [default: http://127.0.0.1:7300]
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// Namespace [env: AGENTCTL_NAMESPACE] [default: from the config file, else "default"]
+    #[arg(short = 'n', long, value_name = "NS")]
+    pub namespace: Option<String>,
+    /// Output format [default: table]
+    #[arg(short = 'o', long, value_enum, value_name = "FORMAT")]
+    pub output: Option<OutputFormat>,
+    /// Client config file [env: AGENTCTL_CONFIG] [default: $XDG_CONFIG_HOME/agentctl/config.toml,
+    /// else ~/.config/agentctl/config.toml]
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+impl ClientArgs {
+    /// Flags given after the command name override those given before it.
+    pub fn merged(&self, after: &ClientArgs) -> ClientArgs {
+        ClientArgs {
+            server: after.server.clone().or_else(|| self.server.clone()),
+            namespace: after.namespace.clone().or_else(|| self.namespace.clone()),
+            output: after.output.or(self.output),
+            config: after.config.clone().or_else(|| self.config.clone()),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.server.is_none() && self.namespace.is_none() && self.output.is_none() && self.config.is_none()
+    }
+}
+
+/// How results are printed on stdout.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Human-readable table (or lines)
+    #[default]
+    Table,
+    /// JSON objects, as the server returns them
+    Json,
+    /// YAML objects
+    Yaml,
+    /// `<kind>/<name>` per object
+    Name,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or update resources from files, directories or stdin
+    #[command(after_help = "Examples:\n  agentctl apply -f examples/\n  agentctl apply -f run.yaml -n team-a\n  \
+                            cat run.yaml | agentctl apply -f -")]
+    Apply(ApplyArgs),
+    /// List resources of a kind, or show one
+    #[command(after_help = "Examples:\n  agentctl get runs\n  agentctl get run my-run -o yaml\n  \
+                            agentctl get agents -A -l team=a\n  agentctl get runs --field-selector status.phase=Running")]
+    Get(GetArgs),
+    /// Show one resource in detail
+    #[command(after_help = "Example:\n  agentctl describe run my-run")]
+    Describe(DescribeArgs),
+    /// Delete resources by name
+    #[command(after_help = "Example:\n  agentctl delete run my-run other-run")]
+    Delete(DeleteArgs),
+    /// Print the client and server versions
+    Version(VersionArgs),
+    /// Print a shell completion script
+    #[command(after_help = "Example:\n  agentctl completion bash > /etc/bash_completion.d/agentctl")]
+    Completion(CompletionArgs),
+    /// Run the agentplane server
+    Server(agentplane_server::ServerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// File, directory (its *.yaml, *.yml and *.json files) or '-' for stdin; repeatable
+    #[arg(short = 'f', long = "filename", value_name = "FILE|DIR|-", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Descend into sub-directories of directories given with -f
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// Kind: singular, plural or short name (run, agentruns, ar, ...)
+    #[arg(value_name = "KIND")]
+    pub kind: String,
+    /// Name of one object; omit to list
+    #[arg(value_name = "NAME")]
+    pub name: Option<String>,
+    /// Label selector, e.g. 'team=a,tier!=prod'
+    #[arg(short = 'l', long, value_name = "SELECTOR")]
+    pub selector: Option<String>,
+    /// Field selector, e.g. 'status.phase=Running'
+    #[arg(long, value_name = "SELECTOR")]
+    pub field_selector: Option<String>,
+    /// List across all namespaces
+    #[arg(short = 'A', long, conflicts_with = "name")]
+    pub all_namespaces: bool,
+    /// Return at most N objects (one request; the list's continue token is kept in -o json/yaml)
+    #[arg(long, value_name = "N", conflicts_with = "name")]
+    pub limit: Option<u32>,
+    /// Page size used to fetch whole lists; 0 fetches in one request
+    #[arg(long, value_name = "N", default_value_t = 500)]
+    pub chunk_size: u32,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DescribeArgs {
+    /// Kind: singular, plural or short name
+    #[arg(value_name = "KIND")]
+    pub kind: String,
+    /// Name of the object
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// Kind: singular, plural or short name
+    #[arg(value_name = "KIND")]
+    pub kind: String,
+    /// Names of the objects
+    #[arg(value_name = "NAME", required = true)]
+    pub names: Vec<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct VersionArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// Shell to generate the script for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_definition_is_consistent() {
+        // Catches flag clashes, e.g. a server flag named like a global flag.
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_work_after_the_command() {
+        let cli = Cli::try_parse_from(["agentctl", "get", "runs", "-n", "x", "-o", "json"]).unwrap();
+        let Command::Get(get) = cli.command else { panic!("not get") };
+        assert_eq!(get.client.namespace.as_deref(), Some("x"));
+        assert_eq!(get.client.output, Some(OutputFormat::Json));
+        let cli =
+            Cli::try_parse_from(["agentctl", "-n", "x", "--server", "http://a:1", "get", "runs", "-n", "y"]).unwrap();
+        let Command::Get(get) = cli.command else { panic!("not get") };
+        let merged = cli.global.merged(&get.client);
+        assert_eq!(merged.namespace.as_deref(), Some("y"));
+        assert_eq!(merged.server.as_deref(), Some("http://a:1"));
+    }
+
+    #[test]
+    fn name_and_all_namespaces_conflict() {
+        assert!(Cli::try_parse_from(["agentctl", "get", "runs", "a", "-A"]).is_err());
+    }
+}

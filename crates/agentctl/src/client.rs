@@ -1,0 +1,257 @@
+//! The HTTP client of the agentplane API (`/api/v1/...`).
+
+use std::time::Duration;
+
+use agentplane_api::Kind;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use reqwest::{Method, RequestBuilder, Response, Url};
+use serde_json::Value;
+
+use crate::config::Token;
+use crate::error::{ApiError, CliError};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+const APPLY_RESULT_HEADER: &str = "x-agentplane-apply-result";
+
+/// What `PUT` did to an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyResult {
+    Created,
+    Configured,
+    Unchanged,
+}
+
+impl ApplyResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApplyResult::Created => "created",
+            ApplyResult::Configured => "configured",
+            ApplyResult::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// Query of one list request.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub label_selector: Option<String>,
+    pub field_selector: Option<String>,
+    pub limit: Option<u32>,
+    pub continue_token: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: Url,
+    /// The server URL as given, for messages.
+    display: String,
+    token: Option<Token>,
+}
+
+impl Client {
+    pub fn new(server: &str, token: Option<Token>) -> Result<Client, CliError> {
+        let base = Url::parse(server).map_err(|e| {
+            CliError::Other(format!("invalid server URL {server:?}: {e}; use e.g. http://127.0.0.1:7300"))
+        })?;
+        match base.scheme() {
+            "http" => {}
+            "https" => {
+                return Err(CliError::Other(format!(
+                    "server URL {server} uses https, but this agentctl is built without TLS support; \
+                     use an http:// URL (e.g. through a local TLS-terminating proxy)"
+                )));
+            }
+            other => {
+                return Err(CliError::Other(format!(
+                    "invalid server URL {server:?}: unsupported scheme {other:?}; use http://HOST:PORT"
+                )));
+            }
+        }
+        if base.host_str().is_none() {
+            return Err(CliError::Other(format!("invalid server URL {server:?}: no host")));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .user_agent(concat!("agentctl/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| CliError::Other(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Client { http, base, display: server.trim_end_matches('/').to_string(), token })
+    }
+
+    /// The server URL, for messages.
+    pub fn server(&self) -> &str {
+        &self.display
+    }
+
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        url
+    }
+
+    fn collection_url(&self, kind: Kind, namespace: Option<&str>) -> Url {
+        match namespace {
+            Some(ns) => self.url(&["api", "v1", "namespaces", ns, kind.plural()]),
+            None => self.url(&["api", "v1", kind.plural()]),
+        }
+    }
+
+    fn object_url(&self, kind: Kind, namespace: &str, name: &str) -> Url {
+        self.url(&["api", "v1", "namespaces", namespace, kind.plural(), name])
+    }
+
+    fn request(&self, method: Method, url: Url) -> RequestBuilder {
+        let mut req = self.http.request(method, url);
+        if let Some(token) = &self.token
+            && let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+        {
+            value.set_sensitive(true);
+            req = req.header(AUTHORIZATION, value);
+        }
+        req
+    }
+
+    /// Sends the request; transport failures become [`CliError::Unreachable`] and non-2xx
+    /// replies [`CliError::Api`].
+    async fn send(&self, req: RequestBuilder) -> Result<Response, CliError> {
+        let resp = req.send().await.map_err(|e| self.transport_error(&e))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let body = resp.bytes().await.map_err(|e| self.transport_error(&e))?;
+        Err(CliError::Api(ApiError::from_reply(status.as_u16(), status.canonical_reason().unwrap_or(""), &body)))
+    }
+
+    fn transport_error(&self, e: &reqwest::Error) -> CliError {
+        if e.is_connect() || e.is_timeout() {
+            return CliError::Unreachable { url: self.display.clone(), reason: transport_reason(e) };
+        }
+        CliError::Other(format!("request to {} failed: {}", self.display, transport_reason(e)))
+    }
+
+    async fn json(&self, resp: Response) -> Result<Value, CliError> {
+        let bytes = resp.bytes().await.map_err(|e| self.transport_error(&e))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| CliError::Other(format!("the server at {} sent a reply that is not JSON: {e}", self.display)))
+    }
+
+    pub async fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Value, CliError> {
+        let resp = self.send(self.request(Method::GET, self.object_url(kind, namespace, name))).await;
+        let resp = not_found(resp, kind, namespace, name)?;
+        self.json(resp).await
+    }
+
+    /// One page of a list; `namespace: None` lists across all namespaces.
+    pub async fn list(&self, kind: Kind, namespace: Option<&str>, q: &ListQuery) -> Result<Value, CliError> {
+        let mut params: Vec<(&str, String)> = Vec::new();
+        if let Some(s) = &q.label_selector {
+            params.push(("labelSelector", s.clone()));
+        }
+        if let Some(s) = &q.field_selector {
+            params.push(("fieldSelector", s.clone()));
+        }
+        if let Some(l) = q.limit {
+            params.push(("limit", l.to_string()));
+        }
+        if let Some(c) = &q.continue_token {
+            params.push(("continue", c.clone()));
+        }
+        let req = self.request(Method::GET, self.collection_url(kind, namespace)).query(&params);
+        let resp = self.send(req).await?;
+        self.json(resp).await
+    }
+
+    /// `PUT` = apply: upsert, or compare-and-swap when the body carries a resourceVersion.
+    pub async fn apply(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        body: &Value,
+    ) -> Result<(ApplyResult, Value), CliError> {
+        let bytes =
+            serde_json::to_vec(body).map_err(|e| CliError::Other(format!("cannot encode the document: {e}")))?;
+        let req = self
+            .request(Method::PUT, self.object_url(kind, namespace, name))
+            .header(CONTENT_TYPE, "application/json")
+            .body(bytes);
+        let resp = self.send(req).await?;
+        let result = match resp.headers().get(APPLY_RESULT_HEADER).and_then(|v| v.to_str().ok()) {
+            Some("created") => ApplyResult::Created,
+            Some("unchanged") => ApplyResult::Unchanged,
+            Some(_) => ApplyResult::Configured,
+            None if resp.status() == reqwest::StatusCode::CREATED => ApplyResult::Created,
+            None => ApplyResult::Configured,
+        };
+        Ok((result, self.json(resp).await?))
+    }
+
+    /// Deletes the object and returns its last state.
+    pub async fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<Value, CliError> {
+        let resp = self.send(self.request(Method::DELETE, self.object_url(kind, namespace, name))).await;
+        let resp = not_found(resp, kind, namespace, name)?;
+        self.json(resp).await
+    }
+
+    pub async fn version(&self) -> Result<Value, CliError> {
+        let resp = self.send(self.request(Method::GET, self.url(&["api", "v1", "version"]))).await?;
+        self.json(resp).await
+    }
+}
+
+/// Turns a 404 into a message naming the kind, object and namespace.
+fn not_found(resp: Result<Response, CliError>, kind: Kind, namespace: &str, name: &str) -> Result<Response, CliError> {
+    match resp {
+        Err(CliError::Api(e)) if e.status == 404 => {
+            Err(CliError::NotFound { kind: kind.singular(), name: name.to_string(), namespace: namespace.to_string() })
+        }
+        other => other,
+    }
+}
+
+/// A short reason for a transport failure: "connection refused", "timed out", ...
+fn transport_reason(e: &reqwest::Error) -> String {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut innermost = e.to_string();
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => return "connection refused".into(),
+                std::io::ErrorKind::TimedOut => return "timed out".into(),
+                std::io::ErrorKind::ConnectionReset => return "connection reset".into(),
+                _ => {}
+            }
+        }
+        innermost = err.to_string();
+        source = err.source();
+    }
+    if e.is_timeout() { "timed out".into() } else { innermost }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn https_is_refused_clearly() {
+        let err = Client::new("https://example.com", None).unwrap_err().to_string();
+        assert!(err.contains("without TLS"), "{err}");
+    }
+
+    #[test]
+    fn urls_keep_a_path_prefix_and_escape_names() {
+        let c = Client::new("http://h:1/prefix/", None).unwrap();
+        assert_eq!(
+            c.object_url(Kind::AgentRun, "ns", "a/b").as_str(),
+            "http://h:1/prefix/api/v1/namespaces/ns/agentruns/a%2Fb"
+        );
+        let c = Client::new("http://h:1", None).unwrap();
+        assert_eq!(c.collection_url(Kind::Memory, None).as_str(), "http://h:1/api/v1/memories");
+    }
+}
