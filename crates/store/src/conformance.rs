@@ -1,1 +1,950 @@
-pub fn placeholder() {}
+//! The conformance suite every [`Store`] backend runs.
+//!
+//! A backend implements [`Harness`] (open the same database every time it is called, so a test
+//! can close and re-open it) and expands [`conformance_tests!`](crate::conformance_tests) in one
+//! of its test files with an expression that builds a fresh harness (its own database) per test:
+//!
+//! ```ignore
+//! agentplane_store::conformance_tests!(sqlite_harness());
+//! ```
+//!
+//! That expands to one `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]` per case,
+//! so the backend's test crate needs `tokio` (with `macros` and `rt-multi-thread`) as a
+//! dev-dependency. Every case is also a `pub async fn` taking `&dyn Harness`, to run by hand.
+//!
+//! The cases assert behaviour; none of them sleeps to synchronise. Waiting for a watch event is
+//! bounded by [`STEP`], and each whole case by [`CASE_TIMEOUT`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentplane_api::selector::{FieldSelector, LabelSelector};
+use agentplane_api::{API_VERSION, Kind};
+use async_trait::async_trait;
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use crate::{
+    EventType, ListQuery, ObjectKey, Precondition, Revision, Store, StoreError, WatchEvent, WatchQuery, WatchStream,
+    revision_of,
+};
+
+/// How long a case waits for one expected watch event (or the end of a stream).
+pub const STEP: Duration = Duration::from_secs(20);
+/// How long one whole case may run.
+pub const CASE_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Opens a backend's database for the suite.
+#[async_trait]
+pub trait Harness: Send + Sync {
+    /// Open the store. Every call on the same harness opens the *same* database: the suite
+    /// closes a store and calls this again to check what survived.
+    async fn open(&self) -> Arc<dyn Store>;
+}
+
+/// Expand to one `#[tokio::test]` per conformance case. The argument is an expression evaluated
+/// once per test that yields a fresh value implementing [`Harness`] (a new, empty database).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::conformance_tests!(@cases $make;
+            create_get_round_trip,
+            create_already_exists,
+            create_invalid_objects,
+            generate_name_is_unique,
+            missing_objects_are_not_found,
+            update_compare_and_swap,
+            update_unconditional_keeps_server_fields,
+            generation_bumps_only_on_spec_change,
+            delete_returns_last_state,
+            revisions_strictly_increase_across_kinds,
+            concurrent_writers,
+            pagination_is_exact_and_ordered,
+            pagination_with_selectors,
+            invalid_continue_token,
+            list_revision_is_a_watch_start,
+            watch_orders_concurrent_writes,
+            watch_replays_history,
+            watch_filters,
+            restart_keeps_objects_and_revisions,
+            close_ends_watches,
+            calls_after_close_fail_closed,
+        );
+    };
+    (@cases $make:expr; $($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let harness = $make;
+                $crate::conformance::run_case(stringify!($case), $crate::conformance::$case(&harness)).await;
+            }
+        )+
+    };
+}
+
+/// Run one case under [`CASE_TIMEOUT`].
+pub async fn run_case(name: &str, case: impl std::future::Future<Output = ()>) {
+    if tokio::time::timeout(CASE_TIMEOUT, case).await.is_err() {
+        panic!("conformance case {name} did not finish within {CASE_TIMEOUT:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+fn object(kind: Kind, namespace: &str, name: &str, spec: Value) -> Value {
+    json!({
+        "apiVersion": API_VERSION,
+        "kind": kind.as_str(),
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    })
+}
+
+fn key(kind: Kind, namespace: &str, name: &str) -> ObjectKey {
+    ObjectKey::new(kind, namespace, name)
+}
+
+fn key_of(obj: &Value) -> ObjectKey {
+    ObjectKey::of(obj).expect("a stored object has a kind")
+}
+
+fn rv(obj: &Value) -> Revision {
+    revision_of(obj).unwrap_or_else(|| panic!("object without a numeric resourceVersion: {obj}"))
+}
+
+fn meta_str<'a>(obj: &'a Value, field: &str) -> &'a str {
+    obj.pointer(&format!("/metadata/{field}"))
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("metadata.{field} is not a string in {obj}"))
+}
+
+fn generation(obj: &Value) -> u64 {
+    obj.pointer("/metadata/generation").and_then(Value::as_u64).unwrap_or_else(|| panic!("no generation in {obj}"))
+}
+
+async fn create(store: &dyn Store, obj: Value) -> Value {
+    let what = obj.pointer("/metadata/name").cloned();
+    store.create(obj).await.unwrap_or_else(|e| panic!("create {what:?}: {e}"))
+}
+
+/// The next item of a watch, within [`STEP`].
+async fn next_event(stream: &mut WatchStream) -> WatchEvent {
+    match tokio::time::timeout(STEP, stream.next()).await {
+        Ok(Some(Ok(ev))) => ev,
+        Ok(Some(Err(e))) => panic!("the watch failed: {e}"),
+        Ok(None) => panic!("the watch ended while events were expected"),
+        Err(_) => panic!("no watch event within {STEP:?}"),
+    }
+}
+
+/// Wait (within [`STEP`] per item) for the stream to end; events before the end are returned.
+async fn until_end(stream: &mut WatchStream) -> Vec<WatchEvent> {
+    let mut seen = Vec::new();
+    loop {
+        match tokio::time::timeout(STEP, stream.next()).await {
+            Ok(None) => return seen,
+            Ok(Some(Ok(ev))) => seen.push(ev),
+            Ok(Some(Err(StoreError::Closed))) => return seen,
+            Ok(Some(Err(e))) => panic!("the watch failed instead of ending: {e}"),
+            Err(_) => panic!("the watch did not end within {STEP:?} of close"),
+        }
+    }
+}
+
+/// Every item of a list, page by page, checking each page's size and the continue token.
+async fn list_all(store: &dyn Store, query: ListQuery) -> Vec<Value> {
+    let limit = query.effective_limit();
+    let mut query = query;
+    let mut all = Vec::new();
+    for _ in 0..10_000 {
+        let page = store.list(&query).await.expect("list");
+        assert!(page.items.len() <= limit, "a page of {} items exceeds the limit {limit}", page.items.len());
+        all.extend(page.items);
+        match page.continue_token {
+            Some(token) => query.continue_token = Some(token),
+            None => return all,
+        }
+    }
+    panic!("list did not finish within 10000 pages");
+}
+
+fn keys(items: &[Value]) -> Vec<(String, String)> {
+    items.iter().map(|o| (meta_str(o, "namespace").to_string(), meta_str(o, "name").to_string())).collect()
+}
+
+fn assert_strictly_ordered(keys: &[(String, String)]) {
+    for w in keys.windows(2) {
+        assert!(w[0] < w[1], "list order broken or item repeated: {:?} then {:?}", w[0], w[1]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cases
+
+/// create sets uid, resourceVersion, generation, creationTimestamp and the default namespace;
+/// get returns exactly what create returned.
+pub async fn create_get_round_trip(h: &dyn Harness) {
+    let store = h.open().await;
+    let before = store.revision().await.expect("revision");
+    let mut input = json!({
+        "apiVersion": API_VERSION,
+        "kind": "Agent",
+        "metadata": {
+            "name": "alpha",
+            "labels": {"team": "a"},
+            "uid": "chosen-by-client",
+            "resourceVersion": "987654",
+            "generation": 42,
+        },
+        "spec": {"model": "m1", "nested": {"list": [1, 2, 3]}},
+    });
+    let created = create(&*store, input.clone()).await;
+    assert_eq!(created["kind"], "Agent");
+    assert_eq!(meta_str(&created, "name"), "alpha");
+    assert_eq!(meta_str(&created, "namespace"), "default", "the default namespace is filled in");
+    let uid = meta_str(&created, "uid");
+    assert!(!uid.is_empty() && uid != "chosen-by-client", "the store sets the uid, got {uid:?}");
+    let rev = rv(&created);
+    assert!(rev > before, "revision {rev} is not above the previous {before}");
+    assert_eq!(store.revision().await.expect("revision"), rev);
+    assert_eq!(generation(&created), 1);
+    let ts = meta_str(&created, "creationTimestamp");
+    assert!(ts.len() >= 20 && ts.as_bytes()[10] == b'T', "creationTimestamp {ts:?} is not RFC 3339");
+    assert_eq!(created["spec"], input["spec"]);
+    assert_eq!(created["metadata"]["labels"], json!({"team": "a"}));
+
+    let got = store.get(&key(Kind::Agent, "default", "alpha")).await.expect("get");
+    assert_eq!(got, created);
+
+    input["metadata"]["name"] = json!("beta");
+    let second = create(&*store, input).await;
+    assert_ne!(meta_str(&second, "uid"), uid, "uids are unique");
+    assert!(rv(&second) > rev);
+}
+
+/// A second create of the same key fails and writes nothing; the same name in another namespace
+/// or kind is a different object.
+pub async fn create_already_exists(h: &dyn Harness) {
+    let store = h.open().await;
+    let first = create(&*store, object(Kind::Tool, "ns1", "dup", json!({"v": 1}))).await;
+    let rev = store.revision().await.expect("revision");
+    match store.create(object(Kind::Tool, "ns1", "dup", json!({"v": 2}))).await {
+        Err(StoreError::AlreadyExists(k)) => assert_eq!(k, key(Kind::Tool, "ns1", "dup")),
+        other => panic!("expected AlreadyExists, got {other:?}"),
+    }
+    assert_eq!(store.revision().await.expect("revision"), rev, "a failed create takes no revision");
+    assert_eq!(store.get(&key(Kind::Tool, "ns1", "dup")).await.expect("get"), first);
+    create(&*store, object(Kind::Tool, "ns2", "dup", json!({}))).await;
+    create(&*store, object(Kind::Agent, "ns1", "dup", json!({}))).await;
+}
+
+/// Objects without a kind, a name or a JSON object shape are refused.
+pub async fn create_invalid_objects(h: &dyn Harness) {
+    let store = h.open().await;
+    let rev = store.revision().await.expect("revision");
+    for bad in [
+        json!({"metadata": {"name": "x"}}),
+        json!({"kind": "NoSuchKind", "metadata": {"name": "x"}}),
+        json!({"kind": "Agent", "metadata": {}}),
+        json!({"kind": "Agent", "metadata": {"generateName": ""}}),
+        json!(["kind", "Agent"]),
+    ] {
+        match store.create(bad.clone()).await {
+            Err(StoreError::InvalidObject(_)) => {}
+            other => panic!("create of {bad} should be InvalidObject, got {other:?}"),
+        }
+    }
+    assert_eq!(store.revision().await.expect("revision"), rev);
+}
+
+/// 50 concurrent creates from one `generateName` get 50 distinct names with that prefix.
+pub async fn generate_name_is_unique(h: &dyn Harness) {
+    let store = h.open().await;
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let obj = json!({
+                    "apiVersion": API_VERSION,
+                    "kind": "AgentRun",
+                    "metadata": {"generateName": "run-", "namespace": "gen"},
+                    "spec": {"i": i},
+                });
+                store.create(obj).await.expect("create with generateName")
+            })
+        })
+        .collect();
+    let mut names = BTreeSet::new();
+    for t in tasks {
+        let created = t.await.expect("task");
+        let name = meta_str(&created, "name").to_string();
+        assert!(name.starts_with("run-") && name.len() > "run-".len(), "generated name {name:?}");
+        assert!(created.pointer("/metadata/generateName").is_none(), "generateName is removed once used");
+        let got = store.get(&key(Kind::AgentRun, "gen", &name)).await.expect("get generated");
+        assert_eq!(got["spec"], created["spec"]);
+        names.insert(name);
+    }
+    assert_eq!(names.len(), 50, "generated names collide");
+    let listed = list_all(&*store, ListQuery::new(Kind::AgentRun).namespace("gen")).await;
+    assert_eq!(keys(&listed).into_iter().map(|(_, n)| n).collect::<BTreeSet<_>>(), names);
+}
+
+/// get, update and delete of a missing object fail with NotFound naming the key.
+pub async fn missing_objects_are_not_found(h: &dyn Harness) {
+    let store = h.open().await;
+    let before = store.revision().await.expect("revision");
+    let k = key(Kind::Memory, "nowhere", "ghost");
+    match store.get(&k).await {
+        Err(StoreError::NotFound(got)) => assert_eq!(got, k),
+        other => panic!("get: expected NotFound, got {other:?}"),
+    }
+    for pre in [Precondition::None, Precondition::ResourceVersion(1)] {
+        match store.update(object(Kind::Memory, "nowhere", "ghost", json!({})), pre).await {
+            Err(StoreError::NotFound(got)) => assert_eq!(got, k),
+            other => panic!("update: expected NotFound, got {other:?}"),
+        }
+        match store.delete(&k, pre).await {
+            Err(StoreError::NotFound(got)) => assert_eq!(got, k),
+            other => panic!("delete: expected NotFound, got {other:?}"),
+        }
+    }
+    // A sibling with the same name in another kind does not make it exist.
+    create(&*store, object(Kind::Tool, "nowhere", "ghost", json!({}))).await;
+    assert!(matches!(store.get(&k).await, Err(StoreError::NotFound(_))));
+    assert_eq!(store.revision().await.expect("revision"), before + 1, "only the one create took a revision");
+}
+
+/// update and delete with a stale resourceVersion fail with Conflict and write nothing.
+pub async fn update_compare_and_swap(h: &dyn Harness) {
+    let store = h.open().await;
+    let v1 = create(&*store, object(Kind::Agent, "cas", "obj", json!({"n": 1}))).await;
+    let r1 = rv(&v1);
+
+    let mut next = v1.clone();
+    next["spec"]["n"] = json!(2);
+    let v2 = store.update(next, Precondition::ResourceVersion(r1)).await.expect("CAS update with the current version");
+    let r2 = rv(&v2);
+    assert!(r2 > r1);
+    assert_eq!(v2["spec"]["n"], 2);
+
+    let mut stale = v1.clone();
+    stale["spec"]["n"] = json!(99);
+    match store.update(stale, Precondition::ResourceVersion(r1)).await {
+        Err(StoreError::Conflict { key: k, expected, actual }) => {
+            assert_eq!(k, key(Kind::Agent, "cas", "obj"));
+            assert_eq!(expected, r1);
+            assert_eq!(actual, r2);
+        }
+        other => panic!("expected Conflict, got {other:?}"),
+    }
+    assert_eq!(store.revision().await.expect("revision"), r2, "a conflicting update takes no revision");
+    assert_eq!(store.get(&key_of(&v1)).await.expect("get"), v2, "a conflicting update writes nothing");
+
+    match store.delete(&key_of(&v1), Precondition::ResourceVersion(r1)).await {
+        Err(StoreError::Conflict { expected, actual, .. }) => assert_eq!((expected, actual), (r1, r2)),
+        other => panic!("expected Conflict on delete, got {other:?}"),
+    }
+    assert_eq!(store.get(&key_of(&v1)).await.expect("still there"), v2);
+
+    let gone = store.delete(&key_of(&v1), Precondition::ResourceVersion(r2)).await.expect("CAS delete");
+    assert_eq!(gone["spec"]["n"], 2);
+}
+
+/// update without a precondition overwrites whatever is stored but keeps uid and
+/// creationTimestamp, whatever the body says.
+pub async fn update_unconditional_keeps_server_fields(h: &dyn Harness) {
+    let store = h.open().await;
+    let v1 = create(&*store, object(Kind::Environment, "u", "env", json!({"a": 1}))).await;
+    let _other_write = create(&*store, object(Kind::Environment, "u", "other", json!({}))).await;
+    let mut body = v1.clone();
+    body["spec"] = json!({"a": 2});
+    body["status"] = json!({"ready": true});
+    body["metadata"]["uid"] = json!("forged");
+    body["metadata"]["creationTimestamp"] = json!("1999-01-01T00:00:00Z");
+    body["metadata"]["resourceVersion"] = json!("1");
+    body["metadata"]["labels"] = json!({"x": "y"});
+    let v2 = store.update(body, Precondition::None).await.expect("unconditional update");
+    assert_eq!(meta_str(&v2, "uid"), meta_str(&v1, "uid"));
+    assert_eq!(meta_str(&v2, "creationTimestamp"), meta_str(&v1, "creationTimestamp"));
+    assert_eq!(rv(&v2), store.revision().await.expect("revision"));
+    assert_eq!(v2["spec"], json!({"a": 2}));
+    assert_eq!(v2["status"], json!({"ready": true}));
+    assert_eq!(v2["metadata"]["labels"], json!({"x": "y"}));
+    assert_eq!(store.get(&key_of(&v1)).await.expect("get"), v2);
+}
+
+/// generation is 1 at create and increments only when `spec` changes.
+pub async fn generation_bumps_only_on_spec_change(h: &dyn Harness) {
+    let store = h.open().await;
+    let mut cur = create(&*store, object(Kind::Agent, "g", "gen", json!({"model": "a"}))).await;
+    assert_eq!(generation(&cur), 1);
+
+    cur["status"] = json!({"phase": "Ready"});
+    cur = store.update(cur, Precondition::None).await.expect("status update");
+    assert_eq!(generation(&cur), 1, "a status change does not bump generation");
+
+    cur["metadata"]["labels"] = json!({"l": "1"});
+    cur = store.update(cur, Precondition::None).await.expect("label update");
+    assert_eq!(generation(&cur), 1, "a label change does not bump generation");
+
+    cur["spec"]["model"] = json!("b");
+    cur = store.update(cur, Precondition::None).await.expect("spec update");
+    assert_eq!(generation(&cur), 2, "a spec change bumps generation");
+
+    cur["metadata"]["generation"] = json!(100);
+    cur = store.update(cur, Precondition::None).await.expect("same spec");
+    assert_eq!(generation(&cur), 2, "an unchanged spec keeps generation, whatever the body says");
+
+    cur["spec"]["extra"] = json!(true);
+    cur = store.update(cur, Precondition::None).await.expect("spec update");
+    assert_eq!(generation(&cur), 3);
+    assert_eq!(generation(&store.get(&key_of(&cur)).await.expect("get")), 3);
+}
+
+/// delete returns the last state with the delete's revision; the object is then gone, and a new
+/// object of the same name is a new object.
+pub async fn delete_returns_last_state(h: &dyn Harness) {
+    let store = h.open().await;
+    let v1 = create(&*store, object(Kind::Approval, "d", "ap", json!({"q": 1}))).await;
+    let mut body = v1.clone();
+    body["status"] = json!({"phase": "Pending"});
+    let v2 = store.update(body, Precondition::None).await.expect("update");
+
+    let k = key_of(&v1);
+    let gone = store.delete(&k, Precondition::None).await.expect("delete");
+    let r = rv(&gone);
+    assert!(r > rv(&v2), "the delete takes a new revision");
+    assert_eq!(store.revision().await.expect("revision"), r);
+    assert_eq!(gone["status"], json!({"phase": "Pending"}));
+    assert_eq!(gone["spec"], v2["spec"]);
+    assert_eq!(meta_str(&gone, "uid"), meta_str(&v1, "uid"));
+
+    assert!(matches!(store.get(&k).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(store.delete(&k, Precondition::None).await, Err(StoreError::NotFound(_))));
+    let listed = store.list(&ListQuery::new(Kind::Approval)).await.expect("list");
+    assert!(listed.items.is_empty(), "a deleted object is still listed");
+
+    let again = create(&*store, object(Kind::Approval, "d", "ap", json!({"q": 2}))).await;
+    assert_ne!(meta_str(&again, "uid"), meta_str(&v1, "uid"));
+    assert_eq!(generation(&again), 1);
+}
+
+/// One counter for every kind: each write's revision is above the previous one.
+pub async fn revisions_strictly_increase_across_kinds(h: &dyn Harness) {
+    let store = h.open().await;
+    let mut last = store.revision().await.expect("revision");
+    for (i, kind) in Kind::ALL.iter().copied().enumerate() {
+        let ns = if i % 2 == 0 { "even" } else { "odd" };
+        let created = create(&*store, object(kind, ns, "r", json!({"i": i}))).await;
+        assert!(rv(&created) > last, "{kind}: create revision {} not above {last}", rv(&created));
+        last = rv(&created);
+        let updated = store.update(created, Precondition::None).await.expect("update");
+        assert!(rv(&updated) > last);
+        last = rv(&updated);
+        if i % 3 == 0 {
+            let gone = store.delete(&key_of(&updated), Precondition::None).await.expect("delete");
+            assert!(rv(&gone) > last);
+            last = rv(&gone);
+        }
+        assert_eq!(store.revision().await.expect("revision"), last);
+    }
+}
+
+/// 16 tasks × 50 creates, and concurrent compare-and-swap increments of one shared object:
+/// every create lands once, and the counter equals the number of successful updates.
+pub async fn concurrent_writers(h: &dyn Harness) {
+    const WRITERS: usize = 16;
+    const PER_WRITER: usize = 50;
+    const INCREMENTERS: usize = 4;
+    const ATTEMPTS: usize = 40;
+
+    let store = h.open().await;
+    let before = store.revision().await.expect("revision");
+    let counter = create(&*store, object(Kind::Memory, "shared", "counter", json!({"count": 0}))).await;
+    let counter_key = key_of(&counter);
+
+    let creators: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let mut revs = Vec::with_capacity(PER_WRITER);
+                for i in 0..PER_WRITER {
+                    let obj = object(
+                        Kind::AgentRun,
+                        &format!("w{}", w % 4),
+                        &format!("w{w:02}-{i:03}"),
+                        json!({"w": w, "i": i}),
+                    );
+                    revs.push(rv(&store.create(obj).await.expect("concurrent create")));
+                }
+                revs
+            })
+        })
+        .collect();
+    let incrementers: Vec<_> = (0..INCREMENTERS)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            let counter_key = counter_key.clone();
+            tokio::spawn(async move {
+                let (mut ok, mut conflicts) = (0u64, 0u64);
+                for _ in 0..ATTEMPTS {
+                    let mut cur = store.get(&counter_key).await.expect("get counter");
+                    let seen = rv(&cur);
+                    let n = cur["spec"]["count"].as_u64().expect("count");
+                    cur["spec"]["count"] = json!(n + 1);
+                    match store.update(cur, Precondition::ResourceVersion(seen)).await {
+                        Ok(_) => ok += 1,
+                        Err(StoreError::Conflict { expected, actual, .. }) => {
+                            assert_eq!(expected, seen);
+                            assert!(actual > seen, "a conflict reports a newer stored version");
+                            conflicts += 1;
+                        }
+                        Err(e) => panic!("CAS update failed unexpectedly: {e}"),
+                    }
+                }
+                (ok, conflicts)
+            })
+        })
+        .collect();
+
+    let mut all_revs = BTreeSet::new();
+    for t in creators {
+        for r in t.await.expect("creator task") {
+            assert!(all_revs.insert(r), "revision {r} handed out twice");
+        }
+    }
+    let mut successes = 0;
+    for t in incrementers {
+        let (ok, conflicts) = t.await.expect("incrementer task");
+        assert_eq!(ok + conflicts, ATTEMPTS as u64);
+        successes += ok;
+    }
+    assert!(successes > 0, "no CAS update succeeded");
+
+    let final_counter = store.get(&counter_key).await.expect("get counter");
+    assert_eq!(final_counter["spec"]["count"], json!(successes), "lost or phantom increments");
+    assert_eq!(generation(&final_counter), 1 + successes);
+
+    let listed = list_all(&*store, ListQuery::new(Kind::AgentRun).limit(137)).await;
+    let listed_keys = keys(&listed);
+    assert_strictly_ordered(&listed_keys);
+    assert_eq!(listed_keys.len(), WRITERS * PER_WRITER);
+    let expected: BTreeSet<_> = (0..WRITERS)
+        .flat_map(|w| (0..PER_WRITER).map(move |i| (format!("w{}", w % 4), format!("w{w:02}-{i:03}"))))
+        .collect();
+    assert_eq!(listed_keys.into_iter().collect::<BTreeSet<_>>(), expected);
+    let total = before + (WRITERS * PER_WRITER) as u64 + 1 + successes;
+    assert_eq!(store.revision().await.expect("revision"), total, "one revision per successful write");
+}
+
+/// The 237 objects of the pagination cases: 3 namespaces, labels `parity` and `group`,
+/// `status.phase` cycling through three values, created in a scrambled order, plus objects of
+/// another kind that must never show up.
+async fn seed_pagination(store: &dyn Store) -> Vec<(String, String, Value)> {
+    let phases = ["Pending", "Running", "Succeeded"];
+    let mut expected = Vec::new();
+    for i in 0..237usize {
+        let j = (i * 97) % 237; // a permutation of 0..237
+        let ns = ["ns-a", "ns-b", "ns-c"][j % 3];
+        let name = format!("obj-{:03}", (j * 7) % 1000);
+        let mut obj = object(Kind::AgentRun, ns, &name, json!({"j": j}));
+        obj["metadata"]["labels"] =
+            json!({"parity": if j % 2 == 0 { "even" } else { "odd" }, "group": format!("g{}", j % 5)});
+        obj["status"] = json!({"phase": phases[(j / 3) % 3]});
+        let created = create(store, obj).await;
+        expected.push((ns.to_string(), name, created));
+    }
+    for ns in ["ns-a", "ns-b", "ns-c", "ns-0"] {
+        create(store, object(Kind::Agent, ns, "obj-000", json!({}))).await;
+    }
+    expected.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    expected
+}
+
+fn expect_keys(
+    expected: &[(String, String, Value)],
+    keep: impl Fn(&(String, String, Value)) -> bool,
+) -> Vec<(String, String)> {
+    expected.iter().filter(|e| keep(e)).map(|(ns, n, _)| (ns.clone(), n.clone())).collect()
+}
+
+/// 237 objects in 3 namespaces, listed 50 at a time, come back exactly once each, in
+/// (namespace, name) order, across namespaces and within each.
+pub async fn pagination_is_exact_and_ordered(h: &dyn Harness) {
+    let store = h.open().await;
+    let expected = seed_pagination(&*store).await;
+
+    let page = store.list(&ListQuery::new(Kind::AgentRun).limit(50)).await.expect("first page");
+    assert_eq!(page.items.len(), 50, "an unfiltered page is full");
+    assert!(page.continue_token.is_some());
+    assert_eq!(page.revision, store.revision().await.expect("revision"));
+
+    let all = list_all(&*store, ListQuery::new(Kind::AgentRun).limit(50)).await;
+    let got = keys(&all);
+    assert_strictly_ordered(&got);
+    assert_eq!(got, expect_keys(&expected, |_| true));
+    for (item, (_, _, created)) in all.iter().zip(&expected) {
+        assert_eq!(item, created, "listed objects are the stored objects");
+    }
+
+    for ns in ["ns-a", "ns-b", "ns-c"] {
+        let got = keys(&list_all(&*store, ListQuery::new(Kind::AgentRun).namespace(ns).limit(50)).await);
+        assert_eq!(got, expect_keys(&expected, |e| e.0 == ns), "namespace {ns}");
+    }
+    assert!(list_all(&*store, ListQuery::new(Kind::AgentRun).namespace("ns-0")).await.is_empty());
+
+    // A token is a position: one from an all-namespaces page (pointing into ns-b) used with a
+    // namespace continues after that position within the namespace.
+    let first = store.list(&ListQuery::new(Kind::AgentRun).limit(100)).await.expect("page of 100");
+    let (last_ns, last_name) = keys(&first.items).pop().expect("100 items");
+    assert_eq!(last_ns, "ns-b", "the seed puts the 100th object in ns-b");
+    for ns in ["ns-a", "ns-b", "ns-c"] {
+        let mut q = ListQuery::new(Kind::AgentRun).namespace(ns).limit(500);
+        q.continue_token = first.continue_token.clone();
+        let got = keys(&list_all(&*store, q).await);
+        let want = expect_keys(&expected, |e| e.0 == ns && (e.0.as_str(), e.1.as_str()) > ("ns-b", last_name.as_str()));
+        assert_eq!(got, want, "continuing in namespace {ns}");
+    }
+
+    // Exact page sizes: 237 = 4 × 50 + 37, and a limit of exactly the total needs no token.
+    let mut q = ListQuery::new(Kind::AgentRun).limit(50);
+    let mut sizes = Vec::new();
+    loop {
+        let page = store.list(&q).await.expect("page");
+        sizes.push(page.items.len());
+        match page.continue_token {
+            Some(t) => q.continue_token = Some(t),
+            None => break,
+        }
+    }
+    assert_eq!(sizes.iter().sum::<usize>(), 237);
+    assert!(sizes.iter().all(|&s| s <= 50));
+    let whole = store.list(&ListQuery::new(Kind::AgentRun).limit(237)).await.expect("list all at once");
+    assert_eq!(whole.items.len(), 237);
+    assert!(whole.continue_token.is_none(), "no continue token when nothing follows");
+}
+
+/// Label and `status.phase` selectors: pages may be short, but the union is exact and ordered.
+pub async fn pagination_with_selectors(h: &dyn Harness) {
+    let store = h.open().await;
+    let expected = seed_pagination(&*store).await;
+    let label = |o: &Value, k: &str| o["metadata"]["labels"][k].as_str().unwrap_or_default().to_string();
+    let phase = |o: &Value| o["status"]["phase"].as_str().unwrap_or_default().to_string();
+
+    let cases: Vec<(&str, &str, Option<&str>)> = vec![
+        ("parity=even", "", None),
+        ("group in (g1,g3)", "", None),
+        ("", "status.phase=Running", None),
+        ("parity=odd", "status.phase=Succeeded", None),
+        ("", "status.phase!=Pending", None),
+        ("group=g2", "status.phase=Pending", Some("ns-b")),
+        ("parity=none", "", None),
+    ];
+    for (labels, fields, ns) in cases {
+        let mut q = ListQuery::new(Kind::AgentRun).limit(50);
+        q.labels = LabelSelector::parse(labels).expect("label selector");
+        q.fields = FieldSelector::parse(fields).expect("field selector");
+        q.namespace = ns.map(str::to_string);
+        let got = keys(&list_all(&*store, q.clone()).await);
+        assert_strictly_ordered(&got);
+        let want = expect_keys(&expected, |(e_ns, _, o)| {
+            ns.is_none_or(|n| n == e_ns) && q.labels.matches_object(o) && q.fields.matches_object(o)
+        });
+        assert_eq!(got, want, "labels {labels:?} fields {fields:?} namespace {ns:?}");
+        if labels == "parity=even" {
+            assert_eq!(want.len(), expected.iter().filter(|e| label(&e.2, "parity") == "even").count());
+        }
+        if fields == "status.phase=Running" {
+            assert_eq!(want.len(), expected.iter().filter(|e| phase(&e.2) == "Running").count());
+            assert!(!want.is_empty());
+        }
+    }
+}
+
+/// A continue token that was not produced by the store is refused.
+pub async fn invalid_continue_token(h: &dyn Harness) {
+    let store = h.open().await;
+    create(&*store, object(Kind::Agent, "default", "a", json!({}))).await;
+    for garbage in ["%%%not-a-token", "e30", "bm9wZQ"] {
+        let mut q = ListQuery::new(Kind::Agent);
+        q.continue_token = Some(garbage.to_string());
+        match store.list(&q).await {
+            Err(StoreError::InvalidContinueToken(_)) => {}
+            other => panic!("token {garbage:?}: expected InvalidContinueToken, got {other:?}"),
+        }
+    }
+}
+
+/// A watch from a list's revision sees every later write and none of the listed ones.
+pub async fn list_revision_is_a_watch_start(h: &dyn Harness) {
+    let store = h.open().await;
+    for i in 0..5 {
+        create(&*store, object(Kind::Tool, "lw", &format!("t{i}"), json!({}))).await;
+    }
+    let listed = store.list(&ListQuery::new(Kind::Tool)).await.expect("list");
+    assert_eq!(listed.items.len(), 5);
+    let mut watch = store.watch(WatchQuery::all_from(listed.revision)).await.expect("watch");
+    let later = create(&*store, object(Kind::Tool, "lw", "t5", json!({}))).await;
+    let ev = next_event(&mut watch).await;
+    assert_eq!(ev.type_, EventType::Added);
+    assert_eq!(ev.revision, rv(&later));
+    assert_eq!(ev.object, later);
+}
+
+/// What one writer did, by revision.
+#[derive(Debug, Clone, PartialEq)]
+struct Write {
+    key: ObjectKey,
+    type_: EventType,
+    object: Value,
+}
+
+/// Each of 8 concurrent writers does 100 writes (create, update, update, delete per object); a
+/// watch started before them delivers all 800 exactly once, in strictly increasing revision
+/// order, with the per-object sequence of the writes.
+pub async fn watch_orders_concurrent_writes(h: &dyn Harness) {
+    const WRITERS: usize = 8;
+    const OBJECTS_PER_WRITER: usize = 25; // × 4 writes = 100
+
+    let store = h.open().await;
+    create(&*store, object(Kind::Agent, "pre", "existing", json!({}))).await;
+    let start = store.revision().await.expect("revision");
+    let mut watch = store.watch(WatchQuery::all_from(start)).await.expect("watch");
+
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let mut done: Vec<(Revision, Write)> = Vec::new();
+                for o in 0..OBJECTS_PER_WRITER {
+                    let kind = if o % 2 == 0 { Kind::AgentRun } else { Kind::Memory };
+                    let created = store
+                        .create(object(kind, &format!("ns{}", w % 3), &format!("w{w}-o{o}"), json!({"step": 0})))
+                        .await
+                        .expect("create");
+                    let k = key_of(&created);
+                    done.push((
+                        rv(&created),
+                        Write { key: k.clone(), type_: EventType::Added, object: created.clone() },
+                    ));
+                    let mut cur = created;
+                    for step in 1..=2 {
+                        cur["spec"]["step"] = json!(step);
+                        let pre = if step == 1 { Precondition::ResourceVersion(rv(&cur)) } else { Precondition::None };
+                        cur = store.update(cur, pre).await.expect("update");
+                        done.push((
+                            rv(&cur),
+                            Write { key: k.clone(), type_: EventType::Modified, object: cur.clone() },
+                        ));
+                    }
+                    let gone = store.delete(&k, Precondition::None).await.expect("delete");
+                    done.push((rv(&gone), Write { key: k, type_: EventType::Deleted, object: gone }));
+                }
+                done
+            })
+        })
+        .collect();
+
+    let mut writes: BTreeMap<Revision, Write> = BTreeMap::new();
+    for t in writers {
+        for (r, w) in t.await.expect("writer task") {
+            assert!(writes.insert(r, w).is_none(), "revision {r} returned to two writes");
+        }
+    }
+    assert_eq!(writes.len(), WRITERS * OBJECTS_PER_WRITER * 4);
+
+    let mut last = start;
+    let mut per_object: HashMap<ObjectKey, Vec<(EventType, u64)>> = HashMap::new();
+    for _ in 0..writes.len() {
+        let ev = next_event(&mut watch).await;
+        assert!(ev.revision > last, "revision {} delivered after {last} (duplicate or out of order)", ev.revision);
+        last = ev.revision;
+        let w =
+            writes.get(&ev.revision).unwrap_or_else(|| panic!("event at revision {} matches no write", ev.revision));
+        assert_eq!(ev.type_, w.type_, "event type at revision {}", ev.revision);
+        assert_eq!(ev.object, w.object, "event object at revision {}", ev.revision);
+        let step = ev.object["spec"]["step"].as_u64().expect("step");
+        per_object.entry(w.key.clone()).or_default().push((ev.type_, step));
+    }
+    assert_eq!(last, *writes.keys().next_back().expect("writes"), "every write was delivered");
+    assert_eq!(per_object.len(), WRITERS * OBJECTS_PER_WRITER);
+    for (k, seq) in per_object {
+        assert_eq!(
+            seq,
+            vec![(EventType::Added, 0), (EventType::Modified, 1), (EventType::Modified, 2), (EventType::Deleted, 2)],
+            "sequence of {k}"
+        );
+    }
+}
+
+/// A watch from an older revision replays the history after it, then follows live changes.
+pub async fn watch_replays_history(h: &dyn Harness) {
+    let store = h.open().await;
+    let start = store.revision().await.expect("revision");
+    let a = create(&*store, object(Kind::Policy, "h", "a", json!({"v": 1}))).await;
+    let mut a2 = a.clone();
+    a2["spec"]["v"] = json!(2);
+    let a2 = store.update(a2, Precondition::None).await.expect("update");
+    let b = create(&*store, object(Kind::Tool, "h", "b", json!({}))).await;
+    let a3 = store.delete(&key_of(&a), Precondition::None).await.expect("delete");
+    let history =
+        [(EventType::Added, &a), (EventType::Modified, &a2), (EventType::Added, &b), (EventType::Deleted, &a3)];
+
+    let mut from_start = store.watch(WatchQuery::all_from(start)).await.expect("watch from start");
+    for (type_, obj) in history {
+        let ev = next_event(&mut from_start).await;
+        assert_eq!((ev.type_, ev.revision, &ev.object), (type_, rv(obj), obj));
+    }
+
+    let mut from_middle = store.watch(WatchQuery::all_from(rv(&a2))).await.expect("watch from the middle");
+    for (type_, obj) in &history[2..] {
+        let ev = next_event(&mut from_middle).await;
+        assert_eq!((ev.type_, ev.revision), (*type_, rv(obj)));
+    }
+
+    let live = create(&*store, object(Kind::Tool, "h", "live", json!({}))).await;
+    for stream in [&mut from_start, &mut from_middle] {
+        let ev = next_event(stream).await;
+        assert_eq!((ev.type_, ev.revision), (EventType::Added, rv(&live)), "after the replay, live events follow");
+    }
+}
+
+/// Kind, namespace and label filters deliver exactly the matching events.
+pub async fn watch_filters(h: &dyn Harness) {
+    let store = h.open().await;
+    let start = store.revision().await.expect("revision");
+
+    let by_kind = WatchQuery { kind: Some(Kind::AgentRun), ..WatchQuery::all_from(start) };
+    let by_ns = WatchQuery { namespace: Some("team-b".into()), ..WatchQuery::all_from(start) };
+    let by_label =
+        WatchQuery { labels: LabelSelector::parse("tier=gold").expect("selector"), ..WatchQuery::all_from(start) };
+    let combined = WatchQuery {
+        kind: Some(Kind::AgentRun),
+        namespace: Some("team-a".into()),
+        labels: LabelSelector::parse("tier=gold").expect("selector"),
+        ..WatchQuery::all_from(start)
+    };
+    let queries = [by_kind, by_ns, by_label, combined];
+    let mut streams = Vec::new();
+    for q in &queries {
+        streams.push(store.watch(q.clone()).await.expect("watch"));
+    }
+
+    let mut all_events = Vec::new();
+    for (i, kind) in [Kind::AgentRun, Kind::Agent, Kind::Tool].into_iter().enumerate() {
+        for ns in ["team-a", "team-b"] {
+            for tier in ["gold", "silver"] {
+                let mut obj = object(kind, ns, &format!("{}-{tier}", kind.singular()), json!({"i": i}));
+                obj["metadata"]["labels"] = json!({"tier": tier});
+                let created = create(&*store, obj).await;
+                all_events.push(WatchEvent {
+                    type_: EventType::Added,
+                    revision: rv(&created),
+                    object: created.clone(),
+                });
+                let gone = store.delete(&key_of(&created), Precondition::None).await.expect("delete");
+                all_events.push(WatchEvent { type_: EventType::Deleted, revision: rv(&gone), object: gone });
+            }
+        }
+    }
+    // A final write every query matches: once it arrives, nothing else may have come first.
+    let mut sentinel = object(Kind::AgentRun, "team-b", "sentinel", json!({}));
+    sentinel["metadata"]["labels"] = json!({"tier": "gold"});
+    let sentinel = create(&*store, sentinel).await;
+    let mut sentinel_b = object(Kind::AgentRun, "team-a", "sentinel", json!({}));
+    sentinel_b["metadata"]["labels"] = json!({"tier": "gold"});
+    let sentinel_b = create(&*store, sentinel_b).await;
+
+    for (q, stream) in queries.iter().zip(streams.iter_mut()) {
+        let want: Vec<&WatchEvent> = all_events.iter().filter(|e| q.matches(e)).collect();
+        assert!(!want.is_empty());
+        for w in want {
+            let ev = next_event(stream).await;
+            assert_eq!(&ev, w, "query kind={:?} ns={:?} labels={:?}", q.kind, q.namespace, q.labels);
+        }
+        let ev = next_event(stream).await;
+        let expected_sentinel = if q.namespace.as_deref() == Some("team-a") { &sentinel_b } else { &sentinel };
+        assert_eq!(&ev.object, expected_sentinel, "an event that does not match the filter was delivered");
+    }
+}
+
+/// Objects and the revision counter survive close and re-open; new revisions continue above.
+pub async fn restart_keeps_objects_and_revisions(h: &dyn Harness) {
+    let store = h.open().await;
+    let mut kept = Vec::new();
+    for i in 0..20 {
+        let created = create(&*store, object(Kind::Agent, "dur", &format!("a{i:02}"), json!({"i": i}))).await;
+        kept.push(created);
+    }
+    let mut updated = kept[3].clone();
+    updated["spec"]["i"] = json!(333);
+    kept[3] = store.update(updated, Precondition::None).await.expect("update");
+    let deleted = kept.remove(7);
+    store.delete(&key_of(&deleted), Precondition::None).await.expect("delete");
+    // The last write deletes, so the revision is not any stored object's resourceVersion.
+    let tmp = create(&*store, object(Kind::Tool, "dur", "tmp", json!({}))).await;
+    let last = rv(&store.delete(&key_of(&tmp), Precondition::None).await.expect("delete"));
+    assert_eq!(store.revision().await.expect("revision"), last);
+    store.close().await.expect("close");
+
+    let store = h.open().await;
+    assert_eq!(store.revision().await.expect("revision after re-open"), last, "the revision counter survives");
+    for obj in &kept {
+        assert_eq!(&store.get(&key_of(obj)).await.expect("get after re-open"), obj);
+    }
+    assert!(matches!(store.get(&key_of(&deleted)).await, Err(StoreError::NotFound(_))));
+    let listed = list_all(&*store, ListQuery::new(Kind::Agent).limit(7)).await;
+    assert_eq!(listed, kept);
+
+    let new = create(&*store, object(Kind::Agent, "dur", "after", json!({}))).await;
+    assert!(rv(&new) > last, "new revision {} is not above the pre-restart {last}", rv(&new));
+
+    let mut watch = store.watch(WatchQuery::all_from(last - 1)).await.expect("watch across the restart");
+    let ev = next_event(&mut watch).await;
+    assert_eq!((ev.type_, ev.revision), (EventType::Deleted, last));
+    let ev = next_event(&mut watch).await;
+    assert_eq!((ev.type_, ev.revision), (EventType::Added, rv(&new)));
+    store.close().await.expect("close");
+}
+
+/// close ends open watches.
+pub async fn close_ends_watches(h: &dyn Harness) {
+    let store = h.open().await;
+    let a = create(&*store, object(Kind::Agent, "c", "a", json!({}))).await;
+    let mut idle = store.watch(WatchQuery::all_from(rv(&a))).await.expect("watch");
+    let mut busy = store.watch(WatchQuery::all_from(0)).await.expect("watch");
+    let ev = next_event(&mut busy).await;
+    assert_eq!(ev.revision, rv(&a));
+    store.close().await.expect("close");
+    assert!(until_end(&mut idle).await.is_empty());
+    assert!(until_end(&mut busy).await.is_empty());
+}
+
+/// Every call after close fails with Closed.
+pub async fn calls_after_close_fail_closed(h: &dyn Harness) {
+    let store = h.open().await;
+    let a = create(&*store, object(Kind::Agent, "c", "a", json!({}))).await;
+    store.close().await.expect("close");
+    let k = key_of(&a);
+    let closed = |what: &str, r: Result<(), StoreError>| match r {
+        Err(StoreError::Closed) => {}
+        other => panic!("{what} after close: expected Closed, got {other:?}"),
+    };
+    closed("create", store.create(object(Kind::Agent, "c", "b", json!({}))).await.map(drop));
+    closed("get", store.get(&k).await.map(drop));
+    closed("list", store.list(&ListQuery::new(Kind::Agent)).await.map(drop));
+    closed("update", store.update(a.clone(), Precondition::None).await.map(drop));
+    closed("delete", store.delete(&k, Precondition::None).await.map(drop));
+    closed("watch", store.watch(WatchQuery::all_from(0)).await.map(drop));
+    closed("revision", store.revision().await.map(drop));
+    closed("ping", store.ping().await);
+
+    // Nothing was written by the refused calls.
+    let store = h.open().await;
+    store.ping().await.expect("ping after re-open");
+    assert_eq!(store.get(&k).await.expect("get after re-open"), a);
+    assert_eq!(store.revision().await.expect("revision"), rv(&a));
+    store.close().await.expect("close");
+}

@@ -26,8 +26,8 @@ mod token;
 
 use std::pin::Pin;
 
-use agentplane_api::selector::{FieldSelector, LabelSelector};
 use agentplane_api::Kind;
+use agentplane_api::selector::{FieldSelector, LabelSelector};
 use async_trait::async_trait;
 use futures::Stream;
 use serde::{Deserialize, Serialize};
@@ -211,9 +211,13 @@ pub enum StoreError {
     NotFound(ObjectKey),
     #[error("{0} already exists")]
     AlreadyExists(ObjectKey),
-    #[error("{key} was modified: expected resourceVersion {expected}, the stored one is {actual}; get it again and retry")]
+    #[error(
+        "{key} was modified: expected resourceVersion {expected}, the stored one is {actual}; get it again and retry"
+    )]
     Conflict { key: ObjectKey, expected: Revision, actual: Revision },
-    #[error("revision {requested} is no longer retained (oldest retained is {oldest}); list again and watch from the list's revision")]
+    #[error(
+        "revision {requested} is no longer retained (oldest retained is {oldest}); list again and watch from the list's revision"
+    )]
     Expired { requested: Revision, oldest: Revision },
     #[error("invalid continue token: {0}")]
     InvalidContinueToken(String),

@@ -27,11 +27,12 @@ impl ContinueToken {
     }
 
     pub fn decode(s: &str) -> Result<Self, StoreError> {
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(s)
-            .map_err(|_| StoreError::InvalidContinueToken("not base64url; pass the token from the previous page unchanged".into()))?;
-        let t: ContinueToken = serde_json::from_slice(&bytes)
-            .map_err(|_| StoreError::InvalidContinueToken("malformed; pass the token from the previous page unchanged".into()))?;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).map_err(|_| {
+            StoreError::InvalidContinueToken("not base64url; pass the token from the previous page unchanged".into())
+        })?;
+        let t: ContinueToken = serde_json::from_slice(&bytes).map_err(|_| {
+            StoreError::InvalidContinueToken("malformed; pass the token from the previous page unchanged".into())
+        })?;
         if t.version != 1 {
             return Err(StoreError::InvalidContinueToken(format!("unsupported token version {}", t.version)));
         }

@@ -1,0 +1,360 @@
+//! The writer thread: the only owner of the read-write connection.
+//!
+//! It takes one command (blocking), drains up to `max_batch - 1` more that are already queued,
+//! runs them in one `BEGIN IMMEDIATE` transaction with each command inside its own savepoint (a
+//! command that fails rolls back only its savepoint), commits, and only then publishes the events
+//! (in revision order) and replies to the callers. One commit, hence one WAL append, serves the
+//! whole batch: that is what makes thousands of durable writes per second possible.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use agentplane_api::DEFAULT_NAMESPACE;
+use agentplane_store::{EventType, ObjectKey, Precondition, Revision, StoreError, WatchEvent, revision_of};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::{Map, Value};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::checkpoint::Checkpointer;
+use crate::schema::{META_COMPACTED, META_REVISION, as_i64, meta_get, meta_set, sql_err};
+
+/// How many random names `generateName` tries before giving up.
+const GENERATE_NAME_ATTEMPTS: usize = 32;
+/// Length of the random suffix `generateName` appends.
+const GENERATE_NAME_SUFFIX: usize = 5;
+
+/// Where the result of one write goes.
+pub(crate) type Reply = oneshot::Sender<Result<Value, StoreError>>;
+
+/// One write, with the channel its result goes back on.
+#[derive(Debug)]
+pub(crate) struct Command {
+    pub op: Op,
+    pub reply: Reply,
+}
+
+#[derive(Debug)]
+pub(crate) enum Op {
+    Create(Value),
+    Update(Value, Precondition),
+    Delete(ObjectKey, Precondition),
+}
+
+/// What the writer thread needs; built by `SqliteStore::open`.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    pub path: PathBuf,
+    pub conn: Connection,
+    pub commands: mpsc::Receiver<Command>,
+    pub events: broadcast::Sender<Arc<WatchEvent>>,
+    pub max_batch: usize,
+    pub event_history: u64,
+}
+
+/// A command that succeeded inside the (not yet committed) transaction.
+struct Applied {
+    object: Value,
+    event: EventType,
+}
+
+impl Writer {
+    /// Run until every command sender is gone, then checkpoint the WAL into the database file.
+    pub(crate) fn run(mut self) -> Result<(), StoreError> {
+        let mut revision = meta_get(&self.conn, META_REVISION)?;
+        let mut compacted = meta_get(&self.conn, META_COMPACTED)?;
+        // Compact when this many events beyond `event_history` have piled up.
+        let slack = (self.event_history / 10).clamp(1, 1_000);
+        let max_batch = self.max_batch.max(1);
+        let mut batch = Vec::with_capacity(max_batch);
+        let mut checkpointer = Checkpointer::start(&self.path);
+        while let Some(first) = self.commands.blocking_recv() {
+            batch.push(first);
+            while batch.len() < max_batch {
+                match self.commands.try_recv() {
+                    Ok(cmd) => batch.push(cmd),
+                    Err(_) => break,
+                }
+            }
+            let committed = self.run_batch(&mut batch, &mut revision, &mut compacted, slack);
+            checkpointer.committed(&self.conn, committed);
+        }
+        checkpointer.stop();
+        tracing::debug!(revision, "sqlite writer stopping; checkpointing the WAL");
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(|e| sql_err("checkpointing the WAL at close", e))?;
+        self.conn.close().map_err(|(_, e)| sql_err("closing the write connection", e))
+    }
+
+    /// Apply, commit, publish and reply to one batch. Drains `batch`; returns how many writes
+    /// were committed.
+    fn run_batch(
+        &mut self,
+        batch: &mut Vec<Command>,
+        revision: &mut Revision,
+        compacted: &mut Revision,
+        slack: u64,
+    ) -> u64 {
+        let conn = &self.conn;
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let msg = format!("starting a write transaction: {e}");
+            tracing::error!(error = %e, "sqlite writer cannot begin a transaction");
+            for cmd in batch.drain(..) {
+                let _ = cmd.reply.send(Err(StoreError::Unavailable { message: msg.clone(), source: None }));
+            }
+            return 0;
+        }
+
+        let start_revision = *revision;
+        let mut results: Vec<(Reply, Result<Applied, StoreError>)> = Vec::with_capacity(batch.len());
+        // A failure of the transaction itself (not of one command) rolls the whole batch back;
+        // the placeholder results below are then replaced by `Unavailable` for every caller.
+        let mut tx_error: Option<rusqlite::Error> = None;
+        for cmd in batch.drain(..) {
+            if tx_error.is_some() {
+                results.push((cmd.reply, Err(StoreError::Closed)));
+                continue;
+            }
+            if let Err(e) = conn.execute_batch("SAVEPOINT cmd") {
+                tx_error = Some(e);
+                results.push((cmd.reply, Err(StoreError::Closed)));
+                continue;
+            }
+            let next = *revision + 1;
+            let applied = match cmd.op {
+                Op::Create(obj) => create(conn, obj, next),
+                Op::Update(obj, pre) => update(conn, obj, pre, next),
+                Op::Delete(key, pre) => delete(conn, &key, pre, next),
+            };
+            let end = if applied.is_ok() { "RELEASE cmd" } else { "ROLLBACK TO cmd; RELEASE cmd" };
+            if let Err(e) = conn.execute_batch(end) {
+                tx_error = Some(e);
+            } else if applied.is_ok() {
+                *revision = next;
+            }
+            results.push((cmd.reply, applied));
+        }
+
+        let compact_to = revision.checked_sub(self.event_history).filter(|&to| to >= *compacted + slack);
+        let finish = match tx_error {
+            Some(e) => Err(e),
+            None => (|| {
+                if *revision != start_revision {
+                    meta_set(conn, META_REVISION, *revision)?;
+                }
+                if let Some(to) = compact_to {
+                    let removed =
+                        conn.prepare_cached("DELETE FROM events WHERE revision <= ?1")?.execute([as_i64(to)])?;
+                    meta_set(conn, META_COMPACTED, to)?;
+                    tracing::debug!(up_to = to, removed, "compacted the sqlite event history");
+                }
+                conn.execute_batch("COMMIT")
+            })(),
+        };
+        match finish {
+            Ok(()) => {
+                if let Some(to) = compact_to {
+                    *compacted = to;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "sqlite write transaction failed; rolling back the batch");
+                let _ = conn.execute_batch("ROLLBACK");
+                *revision = start_revision;
+                let msg = format!("committing a write transaction: {e}");
+                for (reply, _) in results {
+                    let _ = reply.send(Err(StoreError::Unavailable { message: msg.clone(), source: None }));
+                }
+                return 0;
+            }
+        }
+
+        // Committed: publish in revision order, then answer.
+        let watched = self.events.receiver_count() > 0;
+        for (reply, applied) in results {
+            let result = applied.map(|a| {
+                if watched {
+                    let ev = WatchEvent {
+                        type_: a.event,
+                        revision: revision_of(&a.object).unwrap_or(0),
+                        object: a.object.clone(),
+                    };
+                    // An error only means every watcher has gone.
+                    let _ = self.events.send(Arc::new(ev));
+                }
+                a.object
+            });
+            let _ = reply.send(result);
+        }
+        *revision - start_revision
+    }
+}
+
+fn json_err(context: &str, e: serde_json::Error) -> StoreError {
+    StoreError::unavailable(format!("sqlite: {context}"), e)
+}
+
+/// The `metadata` map of an object, created if absent.
+fn metadata_mut(obj: &mut Value) -> Result<&mut Map<String, Value>, StoreError> {
+    let map = obj.as_object_mut().ok_or_else(|| StoreError::InvalidObject("the object is not a JSON object".into()))?;
+    let meta = map.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
+    meta.as_object_mut().ok_or_else(|| StoreError::InvalidObject("metadata is not an object".into()))
+}
+
+fn phase_of(obj: &Value) -> Option<&str> {
+    obj.pointer("/status/phase").and_then(Value::as_str)
+}
+
+fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    uuid::Uuid::new_v4()
+        .as_bytes()
+        .iter()
+        .take(GENERATE_NAME_SUFFIX)
+        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+        .collect()
+}
+
+fn exists(conn: &Connection, key: &ObjectKey) -> Result<bool, StoreError> {
+    conn.prepare_cached("SELECT 1 FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3")
+        .and_then(|mut s| s.query_row(params![key.kind.as_str(), key.namespace, key.name], |_| Ok(())).optional())
+        .map(|found| found.is_some())
+        .map_err(|e| sql_err("looking up an object", e))
+}
+
+fn insert_event(
+    conn: &Connection,
+    revision: Revision,
+    key: &ObjectKey,
+    event: EventType,
+    body: &str,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO events (revision, kind, namespace, name, type, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![as_i64(revision), key.kind.as_str(), key.namespace, key.name, event.as_str(), body])
+    })
+    .map(|_| ())
+    .map_err(|e| sql_err("recording an event", e))
+}
+
+/// The stored revision and body of an object, or `NotFound`.
+fn load(conn: &Connection, key: &ObjectKey) -> Result<(Revision, Value), StoreError> {
+    let row: Option<(i64, String)> = conn
+        .prepare_cached("SELECT revision, body FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3")
+        .and_then(|mut s| {
+            s.query_row(params![key.kind.as_str(), key.namespace, key.name], |r| Ok((r.get(0)?, r.get(1)?))).optional()
+        })
+        .map_err(|e| sql_err("reading an object", e))?;
+    let (revision, body) = row.ok_or_else(|| StoreError::NotFound(key.clone()))?;
+    let obj = serde_json::from_str(&body).map_err(|e| json_err("a stored object is not valid JSON", e))?;
+    Ok((u64::try_from(revision).unwrap_or(0), obj))
+}
+
+fn check(key: &ObjectKey, pre: Precondition, actual: Revision) -> Result<(), StoreError> {
+    match pre {
+        Precondition::ResourceVersion(expected) if expected != actual => {
+            Err(StoreError::Conflict { key: key.clone(), expected, actual })
+        }
+        _ => Ok(()),
+    }
+}
+
+fn create(conn: &Connection, mut obj: Value, revision: Revision) -> Result<Applied, StoreError> {
+    let mut key = ObjectKey::of(&obj)?;
+    let meta = metadata_mut(&mut obj)?;
+    if key.name.is_empty() {
+        let prefix = meta.get("generateName").and_then(Value::as_str).unwrap_or_default().to_string();
+        if prefix.is_empty() {
+            return Err(StoreError::InvalidObject("metadata.name or metadata.generateName is required".into()));
+        }
+        let mut picked = None;
+        for _ in 0..GENERATE_NAME_ATTEMPTS {
+            key.name = format!("{prefix}{}", random_suffix());
+            if !exists(conn, &key)? {
+                picked = Some(key.name.clone());
+                break;
+            }
+        }
+        if picked.is_none() {
+            return Err(StoreError::AlreadyExists(key));
+        }
+        meta.remove("generateName");
+    }
+    let uid = uuid::Uuid::new_v4().to_string();
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    meta.insert("name".into(), Value::String(key.name.clone()));
+    meta.insert("namespace".into(), Value::String(key.namespace.clone()));
+    meta.insert("uid".into(), Value::String(uid.clone()));
+    meta.insert("resourceVersion".into(), Value::String(revision.to_string()));
+    meta.insert("generation".into(), Value::from(1u64));
+    meta.insert("creationTimestamp".into(), Value::String(now));
+
+    let body = serde_json::to_string(&obj).map_err(|e| json_err("encoding an object", e))?;
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO objects (kind, namespace, name, uid, revision, phase, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+        )
+        .and_then(|mut s| {
+            s.execute(params![key.kind.as_str(), key.namespace, key.name, uid, as_i64(revision), phase_of(&obj), body])
+        })
+        .map_err(|e| sql_err("inserting an object", e))?;
+    if inserted == 0 {
+        return Err(StoreError::AlreadyExists(key));
+    }
+    insert_event(conn, revision, &key, EventType::Added, &body)?;
+    Ok(Applied { object: obj, event: EventType::Added })
+}
+
+fn update(conn: &Connection, mut obj: Value, pre: Precondition, revision: Revision) -> Result<Applied, StoreError> {
+    let key = ObjectKey::of(&obj)?;
+    if key.name.is_empty() {
+        return Err(StoreError::InvalidObject("metadata.name is required".into()));
+    }
+    let (stored_revision, old) = load(conn, &key)?;
+    check(&key, pre, stored_revision)?;
+    let old_generation = old.pointer("/metadata/generation").and_then(Value::as_u64).unwrap_or(1);
+    let generation = if obj.get("spec") != old.get("spec") { old_generation + 1 } else { old_generation };
+    let uid = old.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default().to_string();
+    let created = old.pointer("/metadata/creationTimestamp").cloned();
+
+    let meta = metadata_mut(&mut obj)?;
+    meta.insert("namespace".into(), Value::String(key.namespace.clone()));
+    meta.insert("uid".into(), Value::String(uid.clone()));
+    meta.insert("resourceVersion".into(), Value::String(revision.to_string()));
+    meta.insert("generation".into(), Value::from(generation));
+    match created {
+        Some(ts) => meta.insert("creationTimestamp".into(), ts),
+        None => meta.remove("creationTimestamp"),
+    };
+
+    let body = serde_json::to_string(&obj).map_err(|e| json_err("encoding an object", e))?;
+    conn.prepare_cached(
+        "UPDATE objects SET uid = ?4, revision = ?5, phase = ?6, body = ?7
+         WHERE kind = ?1 AND namespace = ?2 AND name = ?3",
+    )
+    .and_then(|mut s| {
+        s.execute(params![key.kind.as_str(), key.namespace, key.name, uid, as_i64(revision), phase_of(&obj), body])
+    })
+    .map_err(|e| sql_err("updating an object", e))?;
+    insert_event(conn, revision, &key, EventType::Modified, &body)?;
+    Ok(Applied { object: obj, event: EventType::Modified })
+}
+
+fn delete(conn: &Connection, key: &ObjectKey, pre: Precondition, revision: Revision) -> Result<Applied, StoreError> {
+    let key = ObjectKey {
+        namespace: if key.namespace.is_empty() { DEFAULT_NAMESPACE.to_string() } else { key.namespace.clone() },
+        ..key.clone()
+    };
+    let (stored_revision, mut obj) = load(conn, &key)?;
+    check(&key, pre, stored_revision)?;
+    conn.prepare_cached("DELETE FROM objects WHERE kind = ?1 AND namespace = ?2 AND name = ?3")
+        .and_then(|mut s| s.execute(params![key.kind.as_str(), key.namespace, key.name]))
+        .map_err(|e| sql_err("deleting an object", e))?;
+    metadata_mut(&mut obj)?.insert("resourceVersion".into(), Value::String(revision.to_string()));
+    let body = serde_json::to_string(&obj).map_err(|e| json_err("encoding an object", e))?;
+    insert_event(conn, revision, &key, EventType::Deleted, &body)?;
+    Ok(Applied { object: obj, event: EventType::Deleted })
+}
