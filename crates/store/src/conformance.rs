@@ -4,7 +4,7 @@
 //! can close and re-open it) and expands [`conformance_tests!`](crate::conformance_tests) in one
 //! of its test files with an expression that builds a fresh harness (its own database) per test:
 //!
-//! ```ignore
+//! ```text
 //! agentplane_store::conformance_tests!(sqlite_harness());
 //! ```
 //!
