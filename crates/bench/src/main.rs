@@ -4,6 +4,10 @@
 //! ```text
 //! cargo run --release --locked -p agentplane-bench -- store-write --ops 20000 --concurrency 1,16
 //! cargo run --release --locked -p agentplane-bench -- api-create  --ops 20000 --concurrency 1,16
+//! cargo run --release --locked -p agentplane-bench -- api-create  --ops 20000 --concurrency 16 --no-ledger
+//! cargo run --release --locked -p agentplane-bench -- ledger-append --entries 200000 --batch 100
+//! cargo run --release --locked -p agentplane-bench -- ledger-verify --entries 1000000
+//! cargo run --release --locked -p agentplane-bench -- ledger-query  --entries 1000000
 //! ```
 
 #![allow(clippy::print_stdout)]
@@ -35,6 +39,25 @@ enum Scenario {
     StoreWrite(Opts),
     /// `POST /api/v1/namespaces/{ns}/agentruns` over loopback HTTP against an in-process server.
     ApiCreate(Opts),
+    /// Durable ledger appends through `Store::append`, in batches.
+    LedgerAppend(LedgerOpts),
+    /// Verification speed: seal a chain in memory, then verify it (hashes, links, checkpoints).
+    LedgerVerify(LedgerOpts),
+    /// Query one run's entries among `--entries` entries (p50/p95/p99 over 1,000 queries).
+    LedgerQuery(LedgerOpts),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct LedgerOpts {
+    /// Entries to write (or verify).
+    #[arg(long, default_value_t = 200_000)]
+    entries: usize,
+    /// Entries per append call.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Concurrent appenders.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -48,6 +71,9 @@ struct Opts {
     /// SQLite synchronous mode: normal or full.
     #[arg(long, default_value = "normal")]
     synchronous: String,
+    /// Turn the ledger off (to measure what recording every write costs).
+    #[arg(long)]
+    no_ledger: bool,
 }
 
 fn run_manifest(name: &str) -> Value {
@@ -72,6 +98,129 @@ fn sync_mode(s: &str) -> Result<Synchronous> {
     })
 }
 
+fn audit() -> agentplane_store::EntryDraft {
+    agentplane_store::resource_audit(agentplane_store::Actor::user("bench"), "resource.created")
+}
+
+fn draft(i: usize) -> agentplane_store::EntryDraft {
+    agentplane_store::EntryDraft {
+        actor: agentplane_store::Actor::agent(format!("agent-{}", i % 50)),
+        action: "policy.decided".into(),
+        namespace: Some("bench".into()),
+        target: None,
+        run: Some(format!("run-{}", i / 100)),
+        environment: Some("production".into()),
+        takeover_level: Some(2),
+        decision: Some("allow".into()),
+        outcome: "success".into(),
+        params: json!({"tool": "workspace.write", "args": {"path": format!("src/file-{i}.rs"), "bytes": 1024}}),
+        error: None,
+        trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+    }
+}
+
+async fn fill_ledger(store: &Arc<dyn Store>, opts: &LedgerOpts) -> Result<(Duration, Histogram<u64>, usize)> {
+    let batches = opts.entries.div_ceil(opts.batch);
+    let (batch, total) = (opts.batch, opts.entries);
+    let s = store.clone();
+    drive(batches, opts.concurrency, move |b| {
+        let s = s.clone();
+        async move {
+            let drafts = (b * batch..((b + 1) * batch).min(total)).map(draft).collect();
+            s.append(drafts).await.is_ok()
+        }
+    })
+    .await
+}
+
+fn ledger_report(scenario: &str, opts: &LedgerOpts, extra: Value) {
+    let mut line = json!({
+        "scenario": scenario,
+        "entries": opts.entries,
+        "batch": opts.batch,
+        "concurrency": opts.concurrency,
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+    });
+    if let (Some(l), Value::Object(e)) = (line.as_object_mut(), extra) {
+        l.extend(e);
+    }
+    println!("{line}");
+}
+
+async fn ledger_append(opts: LedgerOpts) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store: Arc<dyn Store> = SqliteStore::open(&dir.path().join("bench.db"), SqliteOptions::default())?;
+    let (elapsed, hist, errors) = fill_ledger(&store, &opts).await?;
+    store.close().await?;
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    ledger_report(
+        "ledger-append",
+        &opts,
+        json!({"errors": errors, "seconds": elapsed.as_secs_f64(), "entries_per_sec": (opts.entries as f64 / elapsed.as_secs_f64()).round(),
+               "batch_latency_ms": {"p50": ms(0.5), "p95": ms(0.95), "p99": ms(0.99)}}),
+    );
+    Ok(())
+}
+
+fn ledger_verify(opts: LedgerOpts) -> Result<()> {
+    let key = agentplane_ledger::LedgerKey::from_seed(&[7u8; 32]);
+    let mut prev = agentplane_ledger::GENESIS_HASH.to_string();
+    let mut entries = Vec::with_capacity(opts.entries);
+    let mut checkpoints = Vec::new();
+    let ts = chrono::Utc::now();
+    for i in 0..opts.entries {
+        let e = draft(i).seal(i as u64 + 1, ts, &prev);
+        prev = e.hash.clone();
+        if (i + 1) % 1000 == 0 {
+            checkpoints.push(key.sign_checkpoint(e.seq, &e.hash, ts));
+        }
+        entries.push(e);
+    }
+    let public = key.public_key();
+    let start = Instant::now();
+    let report = agentplane_ledger::verify(
+        entries.into_iter().map(Ok::<_, std::convert::Infallible>),
+        &checkpoints,
+        Some(&public),
+        None,
+    );
+    let elapsed = start.elapsed();
+    if !report.intact {
+        bail!("the generated chain did not verify: {report:?}");
+    }
+    ledger_report(
+        "ledger-verify",
+        &opts,
+        json!({"checkpoints": checkpoints.len(), "seconds": elapsed.as_secs_f64(), "entries_per_sec": (opts.entries as f64 / elapsed.as_secs_f64()).round()}),
+    );
+    Ok(())
+}
+
+async fn ledger_query(opts: LedgerOpts) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store: Arc<dyn Store> = SqliteStore::open(&dir.path().join("bench.db"), SqliteOptions::default())?;
+    fill_ledger(&store, &opts).await?;
+    let runs = opts.entries.div_ceil(100);
+    let mut hist = Histogram::<u64>::new(3)?;
+    let mut found = 0;
+    for q in 0..1_000 {
+        let run = format!("run-{}", (q * 7919) % runs);
+        let query = agentplane_store::LedgerQuery { run: Some(run), ..Default::default() };
+        let t = Instant::now();
+        let page = store.ledger_query(&query).await?;
+        let _ = hist.record(t.elapsed().as_micros() as u64);
+        found += page.entries.len();
+    }
+    store.close().await?;
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    ledger_report(
+        "ledger-query",
+        &opts,
+        json!({"queries": 1000, "entries_per_run": found / 1000, "latency_ms": {"p50": ms(0.5), "p95": ms(0.95), "p99": ms(0.99), "max": hist.max() as f64 / 1000.0}}),
+    );
+    Ok(())
+}
+
 fn report(scenario: &str, opts: &Opts, concurrency: usize, elapsed: Duration, hist: &Histogram<u64>, errors: usize) {
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     let line = json!({
@@ -80,6 +229,7 @@ fn report(scenario: &str, opts: &Opts, concurrency: usize, elapsed: Duration, hi
         "ops": hist.len(),
         "errors": errors,
         "synchronous": opts.synchronous,
+        "ledger": !opts.no_ledger,
         "seconds": (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
         "ops_per_sec": (hist.len() as f64 / elapsed.as_secs_f64()).round(),
         "latency_ms": {"p50": ms(0.50), "p95": ms(0.95), "p99": ms(0.99), "max": hist.max() as f64 / 1000.0},
@@ -127,12 +277,16 @@ where
 async fn store_write(opts: Opts) -> Result<()> {
     for &c in &opts.concurrency {
         let dir = tempfile::tempdir()?;
-        let options = SqliteOptions { synchronous: sync_mode(&opts.synchronous)?, ..SqliteOptions::default() };
+        let options = SqliteOptions {
+            synchronous: sync_mode(&opts.synchronous)?,
+            record_ledger: !opts.no_ledger,
+            ..SqliteOptions::default()
+        };
         let store: Arc<dyn Store> = SqliteStore::open(&dir.path().join("bench.db"), options)?;
         let s = store.clone();
         let (elapsed, hist, errors) = drive(opts.ops, c, move |i| {
             let s = s.clone();
-            async move { s.create(run_manifest(&format!("run-{i}"))).await.is_ok() }
+            async move { s.create(run_manifest(&format!("run-{i}")), audit()).await.is_ok() }
         })
         .await?;
         store.close().await?;
@@ -148,6 +302,7 @@ async fn api_create(opts: Opts) -> Result<()> {
             listen: "127.0.0.1:0".into(),
             data_dir: dir.path().join("data"),
             log_level: "warn".into(),
+            bench_disable_ledger: opts.no_ledger,
             ..Default::default()
         };
         config.store.synchronous = match opts.synchronous.as_str() {
@@ -185,6 +340,9 @@ fn main() -> Result<()> {
         match cli.scenario {
             Scenario::StoreWrite(o) => store_write(o).await,
             Scenario::ApiCreate(o) => api_create(o).await,
+            Scenario::LedgerAppend(o) => ledger_append(o).await,
+            Scenario::LedgerVerify(o) => ledger_verify(o),
+            Scenario::LedgerQuery(o) => ledger_query(o).await,
         }
     })
 }

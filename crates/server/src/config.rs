@@ -40,6 +40,12 @@ pub struct ServerArgs {
     /// loss) [default: normal]
     #[arg(long, value_name = "MODE")]
     pub store_synchronous: Option<String>,
+    /// Sign a ledger checkpoint after this many new entries [default: 1000]
+    #[arg(long, value_name = "N")]
+    pub ledger_checkpoint_every_entries: Option<u64>,
+    /// Sign a ledger checkpoint at least this often when there are new entries [default: 60]
+    #[arg(long, value_name = "SECONDS")]
+    pub ledger_checkpoint_interval_seconds: Option<u64>,
 }
 
 /// How SQLite syncs commits to disk.
@@ -72,6 +78,22 @@ impl Default for StoreConfig {
     }
 }
 
+/// Ledger settings (`[ledger]` in the file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerConfig {
+    /// Sign a checkpoint after this many new entries.
+    pub checkpoint_every_entries: u64,
+    /// Sign a checkpoint at least this often (seconds) while there are new entries.
+    pub checkpoint_interval_seconds: u64,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig { checkpoint_every_entries: 1_000, checkpoint_interval_seconds: 60 }
+    }
+}
+
 /// The effective configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -86,6 +108,11 @@ pub struct Config {
     /// How long shutdown waits for in-flight requests before giving up on them.
     pub shutdown_grace_seconds: u64,
     pub store: StoreConfig,
+    pub ledger: LedgerConfig,
+    /// Benchmarks only: do not record writes in the ledger (never settable from a file, the
+    /// environment or a flag).
+    #[serde(skip)]
+    pub bench_disable_ledger: bool,
 }
 
 impl Default for Config {
@@ -100,6 +127,8 @@ impl Default for Config {
             log_level: "info".into(),
             shutdown_grace_seconds: 30,
             store: StoreConfig::default(),
+            ledger: LedgerConfig::default(),
+            bench_disable_ledger: false,
         }
     }
 }
@@ -122,6 +151,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("AGENTPLANE_SHUTDOWN_GRACE_SECONDS", "shutdown_grace_seconds"),
     ("AGENTPLANE_STORE_SYNCHRONOUS", "store.synchronous"),
     ("AGENTPLANE_STORE_EVENT_HISTORY", "store.event_history"),
+    ("AGENTPLANE_LEDGER_CHECKPOINT_EVERY_ENTRIES", "ledger.checkpoint_every_entries"),
+    ("AGENTPLANE_LEDGER_CHECKPOINT_INTERVAL_SECONDS", "ledger.checkpoint_interval_seconds"),
 ];
 
 fn parse<T: std::str::FromStr>(var: &str, v: &str) -> Result<T, ConfigError> {
@@ -170,6 +201,10 @@ impl Config {
                 "AGENTPLANE_SHUTDOWN_GRACE_SECONDS" => c.shutdown_grace_seconds = parse(var, v)?,
                 "AGENTPLANE_STORE_SYNCHRONOUS" => c.store.synchronous = parse_enum(var, v)?,
                 "AGENTPLANE_STORE_EVENT_HISTORY" => c.store.event_history = parse(var, v)?,
+                "AGENTPLANE_LEDGER_CHECKPOINT_EVERY_ENTRIES" => c.ledger.checkpoint_every_entries = parse(var, v)?,
+                "AGENTPLANE_LEDGER_CHECKPOINT_INTERVAL_SECONDS" => {
+                    c.ledger.checkpoint_interval_seconds = parse(var, v)?
+                }
                 _ => {}
             }
         }
@@ -197,6 +232,12 @@ impl Config {
         if let Some(v) = &args.store_synchronous {
             c.store.synchronous = parse_enum("--store-synchronous", v)?;
         }
+        if let Some(v) = args.ledger_checkpoint_every_entries {
+            c.ledger.checkpoint_every_entries = v;
+        }
+        if let Some(v) = args.ledger_checkpoint_interval_seconds {
+            c.ledger.checkpoint_interval_seconds = v;
+        }
         c.check()?;
         Ok(c)
     }
@@ -215,6 +256,11 @@ impl Config {
                 "max_body_bytes = {} is out of range; use 1024 to 67108864",
                 self.max_body_bytes
             )));
+        }
+        if self.ledger.checkpoint_every_entries == 0 || self.ledger.checkpoint_interval_seconds == 0 {
+            return Err(ConfigError(
+                "ledger.checkpoint_every_entries and ledger.checkpoint_interval_seconds must be at least 1".into(),
+            ));
         }
         if self.store.event_history < 1_000 {
             return Err(ConfigError(format!(

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use agentplane_api::Kind;
-use agentplane_store::Store;
+use agentplane_store::{Actor, Store};
 use serde_json::Value;
 
 use crate::resources::{ApplyResult, admit, apply};
@@ -69,7 +69,9 @@ pub async fn load_dir(store: &dyn Store, dir: &Path) -> Result<LoadReport, Strin
                 .to_string();
             let name = doc.pointer("/metadata/name").and_then(Value::as_str).map(str::to_string);
             let res = admit(kind, &ns, name.as_deref(), doc).map_err(|e| format!("{}: {}", at(), e.message))?;
-            let (result, _) = apply(store, &res, None).await.map_err(|e| format!("{}: {}", at(), e.message))?;
+            let (result, _) = apply(store, &res, None, &Actor::system("dev-examples"))
+                .await
+                .map_err(|e| format!("{}: {}", at(), e.message))?;
             match result {
                 ApplyResult::Created => report.created += 1,
                 ApplyResult::Configured => report.configured += 1,

@@ -11,6 +11,7 @@ pub mod body;
 pub mod config;
 pub mod error;
 pub mod examples;
+pub mod ledger;
 pub mod openapi;
 pub mod resources;
 
@@ -38,6 +39,8 @@ use error::{ApiError, ErrorCode};
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub config: Arc<Config>,
+    /// Signs ledger checkpoints; its public half is served for verification.
+    pub ledger_key: Arc<agentplane_ledger::LedgerKey>,
     /// Flips to `true` when shutdown starts; long-lived streams end on it.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -57,6 +60,8 @@ pub enum ServerError {
     Listen { addr: String, source: std::io::Error },
     #[error("cannot prepare data directory {dir}: {source}")]
     DataDir { dir: String, source: std::io::Error },
+    #[error("ledger key: {0}")]
+    Key(String),
     #[error("cannot open the store: {0}")]
     Store(#[from] agentplane_store::StoreError),
     #[error("loading examples: {0}")]
@@ -72,6 +77,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/openapi.json", get(openapi_json))
         .route("/api/v1/version", get(version))
+        .route("/api/v1/ledger/public-key", get(ledger::public_key))
+        .route("/api/v1/ledger/entries", get(ledger::entries))
+        .route("/api/v1/ledger/checkpoints", get(ledger::checkpoints))
+        .route("/api/v1/ledger/export", get(ledger::export))
+        .route("/api/v1/ledger/summary", get(ledger::summary))
         .route("/api/v1/{plural}", get(resources::list_all))
         .route("/api/v1/namespaces/{namespace}/{plural}", get(resources::list_namespaced).post(resources::create))
         .route(
@@ -155,6 +165,7 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServerError> 
             config::SyncMode::Full => Synchronous::Full,
         },
         event_history: config.store.event_history,
+        record_ledger: !config.bench_disable_ledger,
         ..SqliteOptions::default()
     };
     let path = config.data_dir.join("agentplane.db");
@@ -187,6 +198,7 @@ impl RunningServer {
 pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let addr = config.listen_addr()?;
     let store = open_store(&config).await?;
+    let ledger_key = Arc::new(ledger::load_or_create_key(&config.data_dir)?);
     if config.dev {
         let report = examples::load_dir(store.as_ref(), &config.examples_dir).await.map_err(ServerError::Examples)?;
         tracing::info!(dir = %config.examples_dir.display(), created = report.created, configured = report.configured, unchanged = report.unchanged, "loaded example resources");
@@ -196,7 +208,14 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let local = listener.local_addr().map_err(ServerError::Serve)?;
     let (tx, rx) = watch::channel(false);
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
-    let state = Arc::new(AppState { store: store.clone(), config: Arc::new(config), shutdown: rx.clone() });
+    let checkpointer = tokio::spawn(ledger::run_checkpointer(
+        store.clone(),
+        ledger_key.clone(),
+        config.ledger.checkpoint_every_entries,
+        Duration::from_secs(config.ledger.checkpoint_interval_seconds),
+        rx.clone(),
+    ));
+    let state = Arc::new(AppState { store: store.clone(), config: Arc::new(config), ledger_key, shutdown: rx.clone() });
     let app = router(state);
     let mut stop = rx.clone();
     let task = tokio::spawn(async move {
@@ -217,6 +236,8 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
                 Ok(())
             }
         };
+        // The checkpointer signs a last checkpoint when it sees shutdown; wait for it.
+        let _ = checkpointer.await;
         store.close().await?;
         tracing::info!("store flushed and closed");
         result

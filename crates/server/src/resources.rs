@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use agentplane_api::selector::{FieldSelector, LabelSelector};
 use agentplane_api::{API_VERSION, AnyResource, FieldError, Kind, Reason, ValidationErrors, decode};
+use agentplane_ledger::actions;
 use agentplane_store::{
-    ListQuery, ObjectKey, Precondition, Revision, Store, StoreError, WatchQuery, parse_revision, revision_of,
+    Actor, ListQuery, ObjectKey, Precondition, Revision, Store, StoreError, WatchQuery, parse_revision, resource_audit,
+    revision_of,
 };
 use axum::Json;
 use axum::body::Body;
@@ -43,6 +45,12 @@ impl ApplyResult {
             ApplyResult::Unchanged => "unchanged",
         }
     }
+}
+
+/// Who a request acts as. Until authentication lands every request is anonymous; the ledger
+/// records it as such.
+pub(crate) fn request_actor() -> Actor {
+    Actor::user("anonymous")
 }
 
 pub(crate) fn kind_of(plural: &str) -> Result<Kind, ApiError> {
@@ -130,7 +138,9 @@ pub async fn apply(
     store: &dyn Store,
     res: &AnyResource,
     cas: Option<Revision>,
+    actor: &Actor,
 ) -> Result<(ApplyResult, Value), ApiError> {
+    let updated = || resource_audit(actor.clone(), actions::RESOURCE_UPDATED);
     let (ns, name) = res.key();
     let key = ObjectKey::new(res.kind(), ns, name);
     let mut desired = res.to_value();
@@ -142,25 +152,27 @@ pub async fn apply(
             return Ok((ApplyResult::Unchanged, existing));
         }
         let next = merged(&existing, &desired);
-        let stored = store.update(next, Precondition::ResourceVersion(rv)).await?;
+        let stored = store.update(next, Precondition::ResourceVersion(rv), updated()).await?;
         return Ok((changed_or_not(&existing, &stored), stored));
     }
     // Upsert. Races with other writers are resolved by retrying on AlreadyExists / Conflict.
     let mut last_err = None;
     for _ in 0..8 {
         match store.get(&key).await {
-            Err(StoreError::NotFound(_)) => match store.create(desired.clone()).await {
-                Ok(stored) => return Ok((ApplyResult::Created, stored)),
-                Err(e @ StoreError::AlreadyExists(_)) => last_err = Some(e),
-                Err(e) => return Err(e.into()),
-            },
+            Err(StoreError::NotFound(_)) => {
+                match store.create(desired.clone(), resource_audit(actor.clone(), actions::RESOURCE_CREATED)).await {
+                    Ok(stored) => return Ok((ApplyResult::Created, stored)),
+                    Err(e @ StoreError::AlreadyExists(_)) => last_err = Some(e),
+                    Err(e) => return Err(e.into()),
+                }
+            }
             Err(e) => return Err(e.into()),
             Ok(existing) => {
                 if same_desired_state(&existing, &desired) {
                     return Ok((ApplyResult::Unchanged, existing));
                 }
                 let rv = revision_of(&existing).unwrap_or_default();
-                match store.update(merged(&existing, &desired), Precondition::ResourceVersion(rv)).await {
+                match store.update(merged(&existing, &desired), Precondition::ResourceVersion(rv), updated()).await {
                     Ok(stored) => return Ok((ApplyResult::Configured, stored)),
                     Err(e @ StoreError::Conflict { .. }) => last_err = Some(e),
                     Err(e) => return Err(e.into()),
@@ -234,7 +246,7 @@ pub async fn create(
     let res = admit(kind, &ns, None, doc)?;
     let mut obj = res.to_value();
     strip_server_meta(&mut obj);
-    let stored = st.store.create(obj).await?;
+    let stored = st.store.create(obj, resource_audit(request_actor(), actions::RESOURCE_CREATED)).await?;
     Ok((StatusCode::CREATED, Json(stored)).into_response())
 }
 
@@ -263,7 +275,7 @@ pub async fn put(
         }
     };
     let res = admit(kind, &ns, Some(&name), doc)?;
-    let (result, stored) = apply(st.store.as_ref(), &res, cas).await?;
+    let (result, stored) = apply(st.store.as_ref(), &res, cas, &request_actor()).await?;
     let status = if result == ApplyResult::Created { StatusCode::CREATED } else { StatusCode::OK };
     let mut resp = (status, Json(stored)).into_response();
     resp.headers_mut().insert(APPLY_RESULT_HEADER, HeaderValue::from_static(result.as_str()));
@@ -302,7 +314,8 @@ pub async fn delete(
             }
         }
     }
-    let obj = st.store.delete(&ObjectKey::new(kind, ns, name), pre).await?;
+    let audit = resource_audit(request_actor(), actions::RESOURCE_DELETED);
+    let obj = st.store.delete(&ObjectKey::new(kind, ns, name), pre, audit).await?;
     Ok(Json(obj).into_response())
 }
 

@@ -23,6 +23,12 @@
 //! ```
 
 mod checkpoint;
+
+/// How ledger timestamps are stored in the `ts` column: fixed-width RFC 3339 with microseconds,
+/// so that string order is time order.
+pub(crate) fn ledger_ts(ts: &chrono::DateTime<chrono::Utc>) -> String {
+    ts.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
 mod read;
 mod schema;
 mod watch;
@@ -34,7 +40,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use agentplane_store::{
-    ListQuery, ObjectKey, ObjectList, Precondition, Revision, Store, StoreError, WatchEvent, WatchQuery, WatchStream,
+    Checkpoint, Entry, EntryDraft, LedgerPage, LedgerQuery, ListQuery, ObjectKey, ObjectList, Precondition, Revision,
+    Store, StoreError, WatchEvent, WatchQuery, WatchStream,
 };
 use async_trait::async_trait;
 use serde_json::Value;
@@ -71,6 +78,9 @@ pub struct SqliteOptions {
     pub max_batch: usize,
     /// Writes queued for the writer before callers wait.
     pub queue_capacity: usize,
+    /// Record every write in the ledger (the contract). `false` exists only so that benchmarks
+    /// can measure what the ledger costs; never turn it off in a deployment.
+    pub record_ledger: bool,
 }
 
 impl Default for SqliteOptions {
@@ -81,6 +91,7 @@ impl Default for SqliteOptions {
             event_history: 100_000,
             max_batch: 512,
             queue_capacity: 8_192,
+            record_ledger: true,
         }
     }
 }
@@ -126,6 +137,7 @@ impl SqliteStore {
             events: event_tx.clone(),
             max_batch: options.max_batch,
             event_history: options.event_history,
+            record_ledger: options.record_ledger,
         };
         let handle = std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -178,8 +190,8 @@ impl SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn create(&self, obj: Value) -> Result<Value, StoreError> {
-        self.write(Op::Create(obj)).await
+    async fn create(&self, obj: Value, audit: EntryDraft) -> Result<Value, StoreError> {
+        self.write(Op::Create(obj, audit)).await
     }
 
     async fn get(&self, key: &ObjectKey) -> Result<Value, StoreError> {
@@ -194,12 +206,50 @@ impl Store for SqliteStore {
         self.reads.run(move |conn| read::list(conn, &query)).await
     }
 
-    async fn update(&self, obj: Value, precondition: Precondition) -> Result<Value, StoreError> {
-        self.write(Op::Update(obj, precondition)).await
+    async fn update(&self, obj: Value, precondition: Precondition, audit: EntryDraft) -> Result<Value, StoreError> {
+        self.write(Op::Update(obj, precondition, audit)).await
     }
 
-    async fn delete(&self, key: &ObjectKey, precondition: Precondition) -> Result<Value, StoreError> {
-        self.write(Op::Delete(key.clone(), precondition)).await
+    async fn delete(
+        &self,
+        key: &ObjectKey,
+        precondition: Precondition,
+        audit: EntryDraft,
+    ) -> Result<Value, StoreError> {
+        self.write(Op::Delete(key.clone(), precondition, audit)).await
+    }
+
+    async fn append(&self, drafts: Vec<EntryDraft>) -> Result<Vec<Entry>, StoreError> {
+        if drafts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sealed = self.write(Op::Append(drafts)).await?;
+        serde_json::from_value(sealed).map_err(|e| StoreError::unavailable("sqlite: decoding sealed entries", e))
+    }
+
+    async fn ledger_head(&self) -> Result<(u64, String), StoreError> {
+        self.check_open()?;
+        self.reads.run(read::ledger_head).await
+    }
+
+    async fn ledger_query(&self, query: &LedgerQuery) -> Result<LedgerPage, StoreError> {
+        self.check_open()?;
+        let query = query.clone();
+        self.reads.run(move |conn| read::ledger_query(conn, &query)).await
+    }
+
+    async fn ledger_scan(&self, after_seq: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        self.check_open()?;
+        self.reads.run(move |conn| read::ledger_scan(conn, after_seq, limit)).await
+    }
+
+    async fn put_checkpoint(&self, checkpoint: Checkpoint) -> Result<(), StoreError> {
+        self.write(Op::Checkpoint(checkpoint)).await.map(|_| ())
+    }
+
+    async fn checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError> {
+        self.check_open()?;
+        self.reads.run(read::checkpoints).await
     }
 
     async fn watch(&self, query: WatchQuery) -> Result<WatchStream, StoreError> {

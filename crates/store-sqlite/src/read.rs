@@ -4,7 +4,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use agentplane_store::{ContinueToken, EventType, ListQuery, ObjectKey, ObjectList, Revision, StoreError, WatchEvent};
+use agentplane_store::{
+    Checkpoint, ContinueToken, Entry, EventType, LedgerPage, LedgerQuery, ListQuery, ObjectKey, ObjectList, Revision,
+    StoreError, WatchEvent,
+};
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use serde_json::Value;
 use tokio::sync::Semaphore;
@@ -215,6 +218,116 @@ pub(crate) fn events_after(
             }
         };
         out.push(WatchEvent { type_, revision: u64::try_from(revision).unwrap_or(0), object: parse_body(&body)? });
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The ledger
+
+fn parse_entry(body: &str) -> Result<Entry, StoreError> {
+    serde_json::from_str(body)
+        .map_err(|e| StoreError::unavailable("sqlite: a stored ledger entry is not valid JSON", e))
+}
+
+pub(crate) fn ledger_head(conn: &mut Connection) -> Result<(u64, String), StoreError> {
+    let row: Option<(i64, String)> = conn
+        .query_row("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .map_err(|e| sql_err("reading the ledger head", e))?;
+    Ok(match row {
+        Some((seq, hash)) => (u64::try_from(seq).unwrap_or(0), hash),
+        None => (0, agentplane_ledger::GENESIS_HASH.to_string()),
+    })
+}
+
+pub(crate) fn ledger_scan(conn: &mut Connection, after_seq: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT body FROM ledger WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+        .map_err(|e| sql_err("scanning the ledger", e))?;
+    let rows = stmt
+        .query_map(params![as_i64(after_seq), as_i64(limit.clamp(1, 100_000) as u64)], |r| r.get::<_, String>(0))
+        .map_err(|e| sql_err("scanning the ledger", e))?;
+    let mut out = Vec::with_capacity(limit.min(10_000));
+    for body in rows {
+        out.push(parse_entry(&body.map_err(|e| sql_err("scanning the ledger", e))?)?);
+    }
+    Ok(out)
+}
+
+pub(crate) fn ledger_query(conn: &mut Connection, q: &LedgerQuery) -> Result<LedgerPage, StoreError> {
+    let mut sql = String::from("SELECT seq, body FROM ledger WHERE seq > ?");
+    let mut args: Vec<rusqlite::types::Value> = vec![as_i64(q.after_seq.unwrap_or(0)).into()];
+    let mut add = |cond: &str, v: String| {
+        sql.push_str(" AND ");
+        sql.push_str(cond);
+        args.push(v.into());
+    };
+    if let Some(t) = &q.since {
+        add("ts >= ?", crate::ledger_ts(t));
+    }
+    if let Some(t) = &q.until {
+        add("ts < ?", crate::ledger_ts(t));
+    }
+    if let Some(v) = &q.namespace {
+        add("namespace = ?", v.clone());
+    }
+    if let Some(v) = &q.run {
+        add("run = ?", v.clone());
+    }
+    if let Some(v) = &q.actor {
+        match v.split_once(':') {
+            Some((kind, id)) if matches!(kind, "user" | "agent" | "system") => {
+                add("actor_kind = ?", kind.to_string());
+                add("actor_id = ?", id.to_string());
+            }
+            _ => add("actor_id = ?", v.clone()),
+        }
+    }
+    if let Some(v) = &q.action {
+        add("action = ?", v.clone());
+    }
+    if let Some(v) = &q.outcome {
+        add("outcome = ?", v.clone());
+    }
+    if let Some((kind, ns, name)) = &q.target {
+        add("target_kind = ?", kind.clone());
+        add("target_namespace = ?", ns.clone());
+        add("target_name = ?", name.clone());
+    }
+    let limit = q.effective_limit();
+    sql.push_str(" ORDER BY seq LIMIT ?");
+    args.push(as_i64(limit as u64 + 1).into());
+    let mut stmt = conn.prepare_cached(&sql).map_err(|e| sql_err("querying the ledger", e))?;
+    let rows = stmt
+        .query_map(params_from_iter(args), |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+        .map_err(|e| sql_err("querying the ledger", e))?;
+    let mut entries = Vec::new();
+    let mut more = false;
+    for row in rows {
+        let (_, body) = row.map_err(|e| sql_err("querying the ledger", e))?;
+        if entries.len() == limit {
+            more = true;
+            break;
+        }
+        entries.push(parse_entry(&body)?);
+    }
+    let next_after_seq = if more { entries.last().map(|e: &Entry| e.seq) } else { None };
+    Ok(LedgerPage { entries, next_after_seq })
+}
+
+pub(crate) fn checkpoints(conn: &mut Connection) -> Result<Vec<Checkpoint>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT body FROM ledger_checkpoints ORDER BY seq")
+        .map_err(|e| sql_err("reading checkpoints", e))?;
+    let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(|e| sql_err("reading checkpoints", e))?;
+    let mut out = Vec::new();
+    for body in rows {
+        let body = body.map_err(|e| sql_err("reading checkpoints", e))?;
+        out.push(
+            serde_json::from_str(&body)
+                .map_err(|e| StoreError::unavailable("sqlite: a stored checkpoint is not valid JSON", e))?,
+        );
     }
     Ok(out)
 }

@@ -42,6 +42,33 @@ const MIGRATIONS: &[&str] = &[
         value INTEGER NOT NULL
     );
     INSERT INTO meta (key, value) VALUES ('revision', 0), ('compacted', 0);",
+    // 2: the ledger (hash chain) and its signed checkpoints. `body` is the entry as sealed (the
+    // authority for verification); the other columns are indexes for queries.
+    "CREATE TABLE ledger (
+        seq              INTEGER PRIMARY KEY,
+        ts               TEXT    NOT NULL,
+        actor_kind       TEXT    NOT NULL,
+        actor_id         TEXT    NOT NULL,
+        action           TEXT    NOT NULL,
+        namespace        TEXT,
+        target_kind      TEXT,
+        target_namespace TEXT,
+        target_name      TEXT,
+        run              TEXT,
+        outcome          TEXT    NOT NULL,
+        hash             TEXT    NOT NULL,
+        body             TEXT    NOT NULL
+    );
+    CREATE INDEX ledger_ts ON ledger (ts);
+    CREATE INDEX ledger_run ON ledger (run, seq) WHERE run IS NOT NULL;
+    CREATE INDEX ledger_actor ON ledger (actor_id, seq);
+    CREATE INDEX ledger_action ON ledger (action, seq);
+    CREATE INDEX ledger_namespace ON ledger (namespace, seq);
+    CREATE INDEX ledger_target ON ledger (target_kind, target_namespace, target_name, seq);
+    CREATE TABLE ledger_checkpoints (
+        seq  INTEGER PRIMARY KEY,
+        body TEXT NOT NULL
+    );",
 ];
 
 /// The schema version this code writes.

@@ -10,7 +10,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use agentplane_api::DEFAULT_NAMESPACE;
-use agentplane_store::{EventType, ObjectKey, Precondition, Revision, StoreError, WatchEvent, revision_of};
+use agentplane_store::{
+    Checkpoint, Entry, EntryDraft, EventType, ObjectKey, Precondition, Revision, StoreError, Target, WatchEvent,
+    revision_of,
+};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Map, Value};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -35,9 +38,13 @@ pub(crate) struct Command {
 
 #[derive(Debug)]
 pub(crate) enum Op {
-    Create(Value),
-    Update(Value, Precondition),
-    Delete(ObjectKey, Precondition),
+    Create(Value, EntryDraft),
+    Update(Value, Precondition, EntryDraft),
+    Delete(ObjectKey, Precondition, EntryDraft),
+    /// Ledger entries with no state change; the reply is the sealed entries as a JSON array.
+    Append(Vec<EntryDraft>),
+    /// A signed checkpoint; the reply is `null`.
+    Checkpoint(Checkpoint),
 }
 
 /// What the writer thread needs; built by `SqliteStore::open`.
@@ -49,18 +56,29 @@ pub(crate) struct Writer {
     pub events: broadcast::Sender<Arc<WatchEvent>>,
     pub max_batch: usize,
     pub event_history: u64,
+    /// Write ledger entries (always, except in benchmarks that measure the ledger's cost).
+    pub record_ledger: bool,
+}
+
+/// The head of the hash chain as the writer sees it.
+#[derive(Debug, Clone)]
+struct Chain {
+    seq: u64,
+    hash: String,
 }
 
 /// A command that succeeded inside the (not yet committed) transaction.
 struct Applied {
     object: Value,
-    event: EventType,
+    /// `None` for commands that change no object (ledger appends, checkpoints).
+    event: Option<EventType>,
 }
 
 impl Writer {
     /// Run until every command sender is gone, then checkpoint the WAL into the database file.
     pub(crate) fn run(mut self) -> Result<(), StoreError> {
         let mut revision = meta_get(&self.conn, META_REVISION)?;
+        let mut chain = load_chain(&self.conn)?;
         let mut compacted = meta_get(&self.conn, META_COMPACTED)?;
         // Compact when this many events beyond `event_history` have piled up.
         let slack = (self.event_history / 10).clamp(1, 1_000);
@@ -75,7 +93,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let committed = self.run_batch(&mut batch, &mut revision, &mut compacted, slack);
+            let committed = self.run_batch(&mut batch, &mut revision, &mut chain, &mut compacted, slack);
             checkpointer.committed(&self.conn, committed);
         }
         checkpointer.stop();
@@ -92,6 +110,7 @@ impl Writer {
         &mut self,
         batch: &mut Vec<Command>,
         revision: &mut Revision,
+        chain: &mut Chain,
         compacted: &mut Revision,
         slack: u64,
     ) -> u64 {
@@ -106,6 +125,8 @@ impl Writer {
         }
 
         let start_revision = *revision;
+        let start_chain = chain.clone();
+        let record = self.record_ledger;
         let mut results: Vec<(Reply, Result<Applied, StoreError>)> = Vec::with_capacity(batch.len());
         // A failure of the transaction itself (not of one command) rolls the whole batch back;
         // the placeholder results below are then replaced by `Unavailable` for every caller.
@@ -121,16 +142,30 @@ impl Writer {
                 continue;
             }
             let next = *revision + 1;
-            let applied = match cmd.op {
-                Op::Create(obj) => create(conn, obj, next),
-                Op::Update(obj, pre) => update(conn, obj, pre, next),
-                Op::Delete(key, pre) => delete(conn, &key, pre, next),
+            let mut tentative = chain.clone();
+            let (applied, bumps_revision) = match cmd.op {
+                Op::Create(obj, audit) => {
+                    (create(conn, obj, next).and_then(|a| record_change(conn, record, a, audit, &mut tentative)), true)
+                }
+                Op::Update(obj, pre, audit) => (
+                    update(conn, obj, pre, next).and_then(|a| record_change(conn, record, a, audit, &mut tentative)),
+                    true,
+                ),
+                Op::Delete(key, pre, audit) => (
+                    delete(conn, &key, pre, next).and_then(|a| record_change(conn, record, a, audit, &mut tentative)),
+                    true,
+                ),
+                Op::Append(drafts) => (append(conn, drafts, &mut tentative), false),
+                Op::Checkpoint(cp) => (insert_checkpoint(conn, &cp), false),
             };
             let end = if applied.is_ok() { "RELEASE cmd" } else { "ROLLBACK TO cmd; RELEASE cmd" };
             if let Err(e) = conn.execute_batch(end) {
                 tx_error = Some(e);
             } else if applied.is_ok() {
-                *revision = next;
+                if bumps_revision {
+                    *revision = next;
+                }
+                *chain = tentative;
             }
             results.push((cmd.reply, applied));
         }
@@ -161,6 +196,7 @@ impl Writer {
                 tracing::error!(error = %e, "sqlite write transaction failed; rolling back the batch");
                 let _ = conn.execute_batch("ROLLBACK");
                 *revision = start_revision;
+                *chain = start_chain;
                 let msg = format!("committing a write transaction: {e}");
                 for (reply, _) in results {
                     let _ = reply.send(Err(StoreError::Unavailable { message: msg.clone(), source: None }));
@@ -173,12 +209,9 @@ impl Writer {
         let watched = self.events.receiver_count() > 0;
         for (reply, applied) in results {
             let result = applied.map(|a| {
-                if watched {
-                    let ev = WatchEvent {
-                        type_: a.event,
-                        revision: revision_of(&a.object).unwrap_or(0),
-                        object: a.object.clone(),
-                    };
+                if let (true, Some(type_)) = (watched, a.event) {
+                    let ev =
+                        WatchEvent { type_, revision: revision_of(&a.object).unwrap_or(0), object: a.object.clone() };
                     // An error only means every watcher has gone.
                     let _ = self.events.send(Arc::new(ev));
                 }
@@ -305,7 +338,7 @@ fn create(conn: &Connection, mut obj: Value, revision: Revision) -> Result<Appli
         return Err(StoreError::AlreadyExists(key));
     }
     insert_event(conn, revision, &key, EventType::Added, &body)?;
-    Ok(Applied { object: obj, event: EventType::Added })
+    Ok(Applied { object: obj, event: Some(EventType::Added) })
 }
 
 fn update(conn: &Connection, mut obj: Value, pre: Precondition, revision: Revision) -> Result<Applied, StoreError> {
@@ -340,7 +373,7 @@ fn update(conn: &Connection, mut obj: Value, pre: Precondition, revision: Revisi
     })
     .map_err(|e| sql_err("updating an object", e))?;
     insert_event(conn, revision, &key, EventType::Modified, &body)?;
-    Ok(Applied { object: obj, event: EventType::Modified })
+    Ok(Applied { object: obj, event: Some(EventType::Modified) })
 }
 
 fn delete(conn: &Connection, key: &ObjectKey, pre: Precondition, revision: Revision) -> Result<Applied, StoreError> {
@@ -356,5 +389,99 @@ fn delete(conn: &Connection, key: &ObjectKey, pre: Precondition, revision: Revis
     metadata_mut(&mut obj)?.insert("resourceVersion".into(), Value::String(revision.to_string()));
     let body = serde_json::to_string(&obj).map_err(|e| json_err("encoding an object", e))?;
     insert_event(conn, revision, &key, EventType::Deleted, &body)?;
-    Ok(Applied { object: obj, event: EventType::Deleted })
+    Ok(Applied { object: obj, event: Some(EventType::Deleted) })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The ledger: entries are sealed and inserted inside the same savepoint as the change they
+// record, so a change and its entry commit or roll back together.
+
+fn load_chain(conn: &Connection) -> Result<Chain, StoreError> {
+    let row: Option<(i64, String)> = conn
+        .query_row("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .map_err(|e| sql_err("reading the ledger head", e))?;
+    Ok(match row {
+        Some((seq, hash)) => Chain { seq: u64::try_from(seq).unwrap_or(0), hash },
+        None => Chain { seq: 0, hash: agentplane_ledger::GENESIS_HASH.to_string() },
+    })
+}
+
+/// Seal `draft` as the next entry of `chain` and insert it.
+fn seal_and_insert(conn: &Connection, draft: EntryDraft, chain: &mut Chain) -> Result<Entry, StoreError> {
+    let entry = draft.seal(chain.seq + 1, chrono::Utc::now(), &chain.hash);
+    let body = serde_json::to_string(&entry).map_err(|e| json_err("encoding a ledger entry", e))?;
+    let target = entry.target.as_ref();
+    conn.prepare_cached(
+        "INSERT INTO ledger (seq, ts, actor_kind, actor_id, action, namespace, target_kind, target_namespace,
+                             target_name, run, outcome, hash, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            as_i64(entry.seq),
+            crate::ledger_ts(&entry.ts),
+            actor_kind(&entry),
+            entry.actor.id,
+            entry.action,
+            entry.namespace,
+            target.map(|t| t.kind.as_str()),
+            target.map(|t| t.namespace.as_str()),
+            target.map(|t| t.name.as_str()),
+            entry.run,
+            entry.outcome,
+            entry.hash,
+            body
+        ])
+    })
+    .map_err(|e| sql_err("appending a ledger entry", e))?;
+    chain.seq = entry.seq;
+    chain.hash = entry.hash.clone();
+    Ok(entry)
+}
+
+fn actor_kind(entry: &Entry) -> &'static str {
+    match entry.actor.kind {
+        agentplane_ledger::ActorKind::User => "user",
+        agentplane_ledger::ActorKind::Agent => "agent",
+        agentplane_ledger::ActorKind::System => "system",
+    }
+}
+
+/// Record the change `applied` made: the target is the stored object.
+fn record_change(
+    conn: &Connection,
+    record: bool,
+    applied: Applied,
+    mut audit: EntryDraft,
+    chain: &mut Chain,
+) -> Result<Applied, StoreError> {
+    if !record {
+        return Ok(applied);
+    }
+    let key = ObjectKey::of(&applied.object)?;
+    let uid = applied.object.pointer("/metadata/uid").and_then(Value::as_str).map(str::to_string);
+    if audit.namespace.is_none() {
+        audit.namespace = Some(key.namespace.clone());
+    }
+    audit.target = Some(Target { kind: key.kind.as_str().to_string(), namespace: key.namespace, name: key.name, uid });
+    seal_and_insert(conn, audit, chain)?;
+    Ok(applied)
+}
+
+fn append(conn: &Connection, drafts: Vec<EntryDraft>, chain: &mut Chain) -> Result<Applied, StoreError> {
+    let mut sealed = Vec::with_capacity(drafts.len());
+    for d in drafts {
+        sealed.push(seal_and_insert(conn, d, chain)?);
+    }
+    let object = serde_json::to_value(&sealed).map_err(|e| json_err("encoding ledger entries", e))?;
+    Ok(Applied { object, event: None })
+}
+
+fn insert_checkpoint(conn: &Connection, cp: &Checkpoint) -> Result<Applied, StoreError> {
+    let body = serde_json::to_string(cp).map_err(|e| json_err("encoding a checkpoint", e))?;
+    conn.prepare_cached("INSERT INTO ledger_checkpoints (seq, body) VALUES (?1, ?2) ON CONFLICT (seq) DO NOTHING")
+        .and_then(|mut s| s.execute(params![as_i64(cp.seq), body]))
+        .map_err(|e| sql_err("storing a ledger checkpoint", e))?;
+    Ok(Applied { object: Value::Null, event: None })
 }

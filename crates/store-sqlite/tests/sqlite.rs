@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentplane_api::{API_VERSION, Kind};
+use agentplane_store::conformance::audit;
 use agentplane_store::{
     EventType, ListQuery, ObjectKey, Precondition, Revision, Store, StoreError, WatchEvent, WatchQuery, WatchStream,
     revision_of,
@@ -45,7 +46,7 @@ async fn create_many(store: &Arc<SqliteStore>, prefix: &str, count: usize) -> Re
             let prefix = prefix.to_string();
             tokio::spawn(async move {
                 for i in (t..count).step_by(16) {
-                    store.create(agent("bulk", &format!("{prefix}-{i:05}"))).await.expect("create");
+                    store.create(agent("bulk", &format!("{prefix}-{i:05}")), audit("create")).await.expect("create");
                 }
             })
         })
@@ -62,7 +63,7 @@ async fn watch_from_a_compacted_revision_is_expired() {
     let options = SqliteOptions { event_history: 10, ..SqliteOptions::default() };
     let store = open(&db(&dir), options.clone()).await.expect("open");
     for i in 0..50 {
-        store.create(agent("c", &format!("a{i:02}"))).await.expect("create");
+        store.create(agent("c", &format!("a{i:02}")), audit("create")).await.expect("create");
     }
     let rev = store.revision().await.expect("revision");
     assert_eq!(rev, 50);
@@ -106,7 +107,7 @@ async fn lagging_watch_catches_up_from_the_table() {
         assert_eq!(ev.revision, expected, "gap or duplicate after lagging");
         assert!(names.insert(ev.object["metadata"]["name"].as_str().expect("name").to_string()));
     }
-    let live = store.create(agent("bulk", "live")).await.expect("create");
+    let live = store.create(agent("bulk", "live"), audit("create")).await.expect("create");
     assert_eq!(next_item(&mut watch).await.expect("event").revision, rv(&live));
     store.close().await.expect("close");
 }
@@ -188,12 +189,13 @@ async fn tiny_batches_and_queue_still_serialise_writes() {
         event_history: 1_000,
         max_batch: 1,
         queue_capacity: 1,
+        record_ledger: true,
     };
     let store = open(&db(&dir), options).await.expect("open");
     let end = create_many(&store, "tiny", 200).await;
     assert_eq!(end, 200);
     // A failing command inside a batch does not disturb the others.
-    let dup = store.create(agent("bulk", "tiny-00000")).await;
+    let dup = store.create(agent("bulk", "tiny-00000"), audit("create")).await;
     assert!(matches!(dup, Err(StoreError::AlreadyExists(_))));
     let got = store.get(&ObjectKey::new(Kind::Agent, "bulk", "tiny-00199")).await.expect("get");
     assert!(rv(&got) <= end);
@@ -204,7 +206,7 @@ async fn tiny_batches_and_queue_still_serialise_writes() {
 async fn failures_inside_a_batch_roll_back_only_themselves() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(&db(&dir), SqliteOptions::default()).await.expect("open");
-    let base = store.create(agent("b", "base")).await.expect("create");
+    let base = store.create(agent("b", "base"), audit("create")).await.expect("create");
     // Fire many commands at once so they share batches: half conflict, half succeed.
     let tasks: Vec<_> = (0..64)
         .map(|i| {
@@ -212,9 +214,9 @@ async fn failures_inside_a_batch_roll_back_only_themselves() {
             let base = base.clone();
             tokio::spawn(async move {
                 if i % 2 == 0 {
-                    store.create(agent("b", &format!("ok-{i}"))).await.map(|_| true)
+                    store.create(agent("b", &format!("ok-{i}")), audit("create")).await.map(|_| true)
                 } else {
-                    match store.update(base, Precondition::ResourceVersion(999_999)).await {
+                    match store.update(base, Precondition::ResourceVersion(999_999), audit("update")).await {
                         Err(StoreError::Conflict { .. }) => Ok(false),
                         other => panic!("expected Conflict, got {other:?}"),
                     }

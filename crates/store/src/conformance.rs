@@ -25,9 +25,11 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
+use agentplane_ledger::{Actor, Checkpoint, Entry, EntryDraft};
+
 use crate::{
-    EventType, ListQuery, ObjectKey, Precondition, Revision, Store, StoreError, WatchEvent, WatchQuery, WatchStream,
-    revision_of,
+    EventType, LedgerQuery, ListQuery, ObjectKey, Precondition, Revision, Store, StoreError, WatchEvent, WatchQuery,
+    WatchStream, revision_of,
 };
 
 /// How long a case waits for one expected watch event (or the end of a stream).
@@ -70,6 +72,11 @@ macro_rules! conformance_tests {
             restart_keeps_objects_and_revisions,
             close_ends_watches,
             calls_after_close_fail_closed,
+            ledger_records_every_write,
+            ledger_chain_is_contiguous_under_concurrent_writers,
+            ledger_append_and_query,
+            ledger_survives_restart,
+            ledger_checkpoints_round_trip,
         );
     };
     (@cases $make:expr; $($case:ident),+ $(,)?) => {
@@ -102,6 +109,57 @@ fn object(kind: Kind, namespace: &str, name: &str, spec: Value) -> Value {
     })
 }
 
+/// The ledger entry the suite records with each write.
+pub fn audit(op: &str) -> EntryDraft {
+    let action = match op {
+        "create" => "resource.created",
+        "update" => "resource.updated",
+        _ => "resource.deleted",
+    };
+    crate::resource_audit(Actor::system("conformance"), action)
+}
+
+fn draft(actor: Actor, action: &str, run: Option<&str>, outcome: &str) -> EntryDraft {
+    EntryDraft {
+        actor,
+        action: action.to_string(),
+        namespace: Some("ns1".into()),
+        target: None,
+        run: run.map(str::to_string),
+        environment: Some("production".into()),
+        takeover_level: Some(2),
+        decision: Some("allow".into()),
+        outcome: outcome.to_string(),
+        params: json!({"tool": "exec", "args": {"cmd": "ls"}}),
+        error: None,
+        trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+    }
+}
+
+/// Every entry, in seq order.
+async fn all_entries(store: &dyn Store) -> Vec<Entry> {
+    let mut out = Vec::new();
+    loop {
+        let after = out.last().map(|e: &Entry| e.seq).unwrap_or(0);
+        let page = store.ledger_scan(after, 1000).await.expect("ledger scan");
+        if page.is_empty() {
+            return out;
+        }
+        out.extend(page);
+    }
+}
+
+/// seq is 1..=n with no gap, each prevHash is the previous hash, each hash recomputes.
+fn assert_chain(entries: &[Entry]) {
+    let mut prev = agentplane_ledger::GENESIS_HASH.to_string();
+    for (i, e) in entries.iter().enumerate() {
+        assert_eq!(e.seq, i as u64 + 1, "seq has no gap");
+        assert_eq!(e.prev_hash, prev, "entry {} links to the previous one", e.seq);
+        assert_eq!(e.compute_hash(), e.hash, "entry {} hash recomputes", e.seq);
+        prev = e.hash.clone();
+    }
+}
+
 fn key(kind: Kind, namespace: &str, name: &str) -> ObjectKey {
     ObjectKey::new(kind, namespace, name)
 }
@@ -126,7 +184,7 @@ fn generation(obj: &Value) -> u64 {
 
 async fn create(store: &dyn Store, obj: Value) -> Value {
     let what = obj.pointer("/metadata/name").cloned();
-    store.create(obj).await.unwrap_or_else(|e| panic!("create {what:?}: {e}"))
+    store.create(obj, audit("create")).await.unwrap_or_else(|e| panic!("create {what:?}: {e}"))
 }
 
 /// The next item of a watch, within [`STEP`].
@@ -230,7 +288,7 @@ pub async fn create_already_exists(h: &dyn Harness) {
     let store = h.open().await;
     let first = create(&*store, object(Kind::Tool, "ns1", "dup", json!({"v": 1}))).await;
     let rev = store.revision().await.expect("revision");
-    match store.create(object(Kind::Tool, "ns1", "dup", json!({"v": 2}))).await {
+    match store.create(object(Kind::Tool, "ns1", "dup", json!({"v": 2})), audit("create")).await {
         Err(StoreError::AlreadyExists(k)) => assert_eq!(k, key(Kind::Tool, "ns1", "dup")),
         other => panic!("expected AlreadyExists, got {other:?}"),
     }
@@ -251,7 +309,7 @@ pub async fn create_invalid_objects(h: &dyn Harness) {
         json!({"kind": "Agent", "metadata": {"generateName": ""}}),
         json!(["kind", "Agent"]),
     ] {
-        match store.create(bad.clone()).await {
+        match store.create(bad.clone(), audit("create")).await {
             Err(StoreError::InvalidObject(_)) => {}
             other => panic!("create of {bad} should be InvalidObject, got {other:?}"),
         }
@@ -272,7 +330,7 @@ pub async fn generate_name_is_unique(h: &dyn Harness) {
                     "metadata": {"generateName": "run-", "namespace": "gen"},
                     "spec": {"i": i},
                 });
-                store.create(obj).await.expect("create with generateName")
+                store.create(obj, audit("create")).await.expect("create with generateName")
             })
         })
         .collect();
@@ -301,11 +359,11 @@ pub async fn missing_objects_are_not_found(h: &dyn Harness) {
         other => panic!("get: expected NotFound, got {other:?}"),
     }
     for pre in [Precondition::None, Precondition::ResourceVersion(1)] {
-        match store.update(object(Kind::Memory, "nowhere", "ghost", json!({})), pre).await {
+        match store.update(object(Kind::Memory, "nowhere", "ghost", json!({})), pre, audit("update")).await {
             Err(StoreError::NotFound(got)) => assert_eq!(got, k),
             other => panic!("update: expected NotFound, got {other:?}"),
         }
-        match store.delete(&k, pre).await {
+        match store.delete(&k, pre, audit("delete")).await {
             Err(StoreError::NotFound(got)) => assert_eq!(got, k),
             other => panic!("delete: expected NotFound, got {other:?}"),
         }
@@ -324,14 +382,17 @@ pub async fn update_compare_and_swap(h: &dyn Harness) {
 
     let mut next = v1.clone();
     next["spec"]["n"] = json!(2);
-    let v2 = store.update(next, Precondition::ResourceVersion(r1)).await.expect("CAS update with the current version");
+    let v2 = store
+        .update(next, Precondition::ResourceVersion(r1), audit("update"))
+        .await
+        .expect("CAS update with the current version");
     let r2 = rv(&v2);
     assert!(r2 > r1);
     assert_eq!(v2["spec"]["n"], 2);
 
     let mut stale = v1.clone();
     stale["spec"]["n"] = json!(99);
-    match store.update(stale, Precondition::ResourceVersion(r1)).await {
+    match store.update(stale, Precondition::ResourceVersion(r1), audit("update")).await {
         Err(StoreError::Conflict { key: k, expected, actual }) => {
             assert_eq!(k, key(Kind::Agent, "cas", "obj"));
             assert_eq!(expected, r1);
@@ -342,13 +403,14 @@ pub async fn update_compare_and_swap(h: &dyn Harness) {
     assert_eq!(store.revision().await.expect("revision"), r2, "a conflicting update takes no revision");
     assert_eq!(store.get(&key_of(&v1)).await.expect("get"), v2, "a conflicting update writes nothing");
 
-    match store.delete(&key_of(&v1), Precondition::ResourceVersion(r1)).await {
+    match store.delete(&key_of(&v1), Precondition::ResourceVersion(r1), audit("delete")).await {
         Err(StoreError::Conflict { expected, actual, .. }) => assert_eq!((expected, actual), (r1, r2)),
         other => panic!("expected Conflict on delete, got {other:?}"),
     }
     assert_eq!(store.get(&key_of(&v1)).await.expect("still there"), v2);
 
-    let gone = store.delete(&key_of(&v1), Precondition::ResourceVersion(r2)).await.expect("CAS delete");
+    let gone =
+        store.delete(&key_of(&v1), Precondition::ResourceVersion(r2), audit("delete")).await.expect("CAS delete");
     assert_eq!(gone["spec"]["n"], 2);
 }
 
@@ -365,7 +427,7 @@ pub async fn update_unconditional_keeps_server_fields(h: &dyn Harness) {
     body["metadata"]["creationTimestamp"] = json!("1999-01-01T00:00:00Z");
     body["metadata"]["resourceVersion"] = json!("1");
     body["metadata"]["labels"] = json!({"x": "y"});
-    let v2 = store.update(body, Precondition::None).await.expect("unconditional update");
+    let v2 = store.update(body, Precondition::None, audit("update")).await.expect("unconditional update");
     assert_eq!(meta_str(&v2, "uid"), meta_str(&v1, "uid"));
     assert_eq!(meta_str(&v2, "creationTimestamp"), meta_str(&v1, "creationTimestamp"));
     assert_eq!(rv(&v2), store.revision().await.expect("revision"));
@@ -382,23 +444,23 @@ pub async fn generation_bumps_only_on_spec_change(h: &dyn Harness) {
     assert_eq!(generation(&cur), 1);
 
     cur["status"] = json!({"phase": "Ready"});
-    cur = store.update(cur, Precondition::None).await.expect("status update");
+    cur = store.update(cur, Precondition::None, audit("update")).await.expect("status update");
     assert_eq!(generation(&cur), 1, "a status change does not bump generation");
 
     cur["metadata"]["labels"] = json!({"l": "1"});
-    cur = store.update(cur, Precondition::None).await.expect("label update");
+    cur = store.update(cur, Precondition::None, audit("update")).await.expect("label update");
     assert_eq!(generation(&cur), 1, "a label change does not bump generation");
 
     cur["spec"]["model"] = json!("b");
-    cur = store.update(cur, Precondition::None).await.expect("spec update");
+    cur = store.update(cur, Precondition::None, audit("update")).await.expect("spec update");
     assert_eq!(generation(&cur), 2, "a spec change bumps generation");
 
     cur["metadata"]["generation"] = json!(100);
-    cur = store.update(cur, Precondition::None).await.expect("same spec");
+    cur = store.update(cur, Precondition::None, audit("update")).await.expect("same spec");
     assert_eq!(generation(&cur), 2, "an unchanged spec keeps generation, whatever the body says");
 
     cur["spec"]["extra"] = json!(true);
-    cur = store.update(cur, Precondition::None).await.expect("spec update");
+    cur = store.update(cur, Precondition::None, audit("update")).await.expect("spec update");
     assert_eq!(generation(&cur), 3);
     assert_eq!(generation(&store.get(&key_of(&cur)).await.expect("get")), 3);
 }
@@ -410,10 +472,10 @@ pub async fn delete_returns_last_state(h: &dyn Harness) {
     let v1 = create(&*store, object(Kind::Approval, "d", "ap", json!({"q": 1}))).await;
     let mut body = v1.clone();
     body["status"] = json!({"phase": "Pending"});
-    let v2 = store.update(body, Precondition::None).await.expect("update");
+    let v2 = store.update(body, Precondition::None, audit("update")).await.expect("update");
 
     let k = key_of(&v1);
-    let gone = store.delete(&k, Precondition::None).await.expect("delete");
+    let gone = store.delete(&k, Precondition::None, audit("delete")).await.expect("delete");
     let r = rv(&gone);
     assert!(r > rv(&v2), "the delete takes a new revision");
     assert_eq!(store.revision().await.expect("revision"), r);
@@ -422,7 +484,7 @@ pub async fn delete_returns_last_state(h: &dyn Harness) {
     assert_eq!(meta_str(&gone, "uid"), meta_str(&v1, "uid"));
 
     assert!(matches!(store.get(&k).await, Err(StoreError::NotFound(_))));
-    assert!(matches!(store.delete(&k, Precondition::None).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(store.delete(&k, Precondition::None, audit("delete")).await, Err(StoreError::NotFound(_))));
     let listed = store.list(&ListQuery::new(Kind::Approval)).await.expect("list");
     assert!(listed.items.is_empty(), "a deleted object is still listed");
 
@@ -440,11 +502,11 @@ pub async fn revisions_strictly_increase_across_kinds(h: &dyn Harness) {
         let created = create(&*store, object(kind, ns, "r", json!({"i": i}))).await;
         assert!(rv(&created) > last, "{kind}: create revision {} not above {last}", rv(&created));
         last = rv(&created);
-        let updated = store.update(created, Precondition::None).await.expect("update");
+        let updated = store.update(created, Precondition::None, audit("update")).await.expect("update");
         assert!(rv(&updated) > last);
         last = rv(&updated);
         if i % 3 == 0 {
-            let gone = store.delete(&key_of(&updated), Precondition::None).await.expect("delete");
+            let gone = store.delete(&key_of(&updated), Precondition::None, audit("delete")).await.expect("delete");
             assert!(rv(&gone) > last);
             last = rv(&gone);
         }
@@ -477,7 +539,7 @@ pub async fn concurrent_writers(h: &dyn Harness) {
                         &format!("w{w:02}-{i:03}"),
                         json!({"w": w, "i": i}),
                     );
-                    revs.push(rv(&store.create(obj).await.expect("concurrent create")));
+                    revs.push(rv(&store.create(obj, audit("create")).await.expect("concurrent create")));
                 }
                 revs
             })
@@ -494,7 +556,7 @@ pub async fn concurrent_writers(h: &dyn Harness) {
                     let seen = rv(&cur);
                     let n = cur["spec"]["count"].as_u64().expect("count");
                     cur["spec"]["count"] = json!(n + 1);
-                    match store.update(cur, Precondition::ResourceVersion(seen)).await {
+                    match store.update(cur, Precondition::ResourceVersion(seen), audit("update")).await {
                         Ok(_) => ok += 1,
                         Err(StoreError::Conflict { expected, actual, .. }) => {
                             assert_eq!(expected, seen);
@@ -721,7 +783,10 @@ pub async fn watch_orders_concurrent_writes(h: &dyn Harness) {
                 for o in 0..OBJECTS_PER_WRITER {
                     let kind = if o % 2 == 0 { Kind::AgentRun } else { Kind::Memory };
                     let created = store
-                        .create(object(kind, &format!("ns{}", w % 3), &format!("w{w}-o{o}"), json!({"step": 0})))
+                        .create(
+                            object(kind, &format!("ns{}", w % 3), &format!("w{w}-o{o}"), json!({"step": 0})),
+                            audit("create"),
+                        )
                         .await
                         .expect("create");
                     let k = key_of(&created);
@@ -733,13 +798,13 @@ pub async fn watch_orders_concurrent_writes(h: &dyn Harness) {
                     for step in 1..=2 {
                         cur["spec"]["step"] = json!(step);
                         let pre = if step == 1 { Precondition::ResourceVersion(rv(&cur)) } else { Precondition::None };
-                        cur = store.update(cur, pre).await.expect("update");
+                        cur = store.update(cur, pre, audit("update")).await.expect("update");
                         done.push((
                             rv(&cur),
                             Write { key: k.clone(), type_: EventType::Modified, object: cur.clone() },
                         ));
                     }
-                    let gone = store.delete(&k, Precondition::None).await.expect("delete");
+                    let gone = store.delete(&k, Precondition::None, audit("delete")).await.expect("delete");
                     done.push((rv(&gone), Write { key: k, type_: EventType::Deleted, object: gone }));
                 }
                 done
@@ -786,9 +851,9 @@ pub async fn watch_replays_history(h: &dyn Harness) {
     let a = create(&*store, object(Kind::Policy, "h", "a", json!({"v": 1}))).await;
     let mut a2 = a.clone();
     a2["spec"]["v"] = json!(2);
-    let a2 = store.update(a2, Precondition::None).await.expect("update");
+    let a2 = store.update(a2, Precondition::None, audit("update")).await.expect("update");
     let b = create(&*store, object(Kind::Tool, "h", "b", json!({}))).await;
-    let a3 = store.delete(&key_of(&a), Precondition::None).await.expect("delete");
+    let a3 = store.delete(&key_of(&a), Precondition::None, audit("delete")).await.expect("delete");
     let history =
         [(EventType::Added, &a), (EventType::Modified, &a2), (EventType::Added, &b), (EventType::Deleted, &a3)];
 
@@ -844,7 +909,7 @@ pub async fn watch_filters(h: &dyn Harness) {
                     revision: rv(&created),
                     object: created.clone(),
                 });
-                let gone = store.delete(&key_of(&created), Precondition::None).await.expect("delete");
+                let gone = store.delete(&key_of(&created), Precondition::None, audit("delete")).await.expect("delete");
                 all_events.push(WatchEvent { type_: EventType::Deleted, revision: rv(&gone), object: gone });
             }
         }
@@ -880,12 +945,12 @@ pub async fn restart_keeps_objects_and_revisions(h: &dyn Harness) {
     }
     let mut updated = kept[3].clone();
     updated["spec"]["i"] = json!(333);
-    kept[3] = store.update(updated, Precondition::None).await.expect("update");
+    kept[3] = store.update(updated, Precondition::None, audit("update")).await.expect("update");
     let deleted = kept.remove(7);
-    store.delete(&key_of(&deleted), Precondition::None).await.expect("delete");
+    store.delete(&key_of(&deleted), Precondition::None, audit("delete")).await.expect("delete");
     // The last write deletes, so the revision is not any stored object's resourceVersion.
     let tmp = create(&*store, object(Kind::Tool, "dur", "tmp", json!({}))).await;
-    let last = rv(&store.delete(&key_of(&tmp), Precondition::None).await.expect("delete"));
+    let last = rv(&store.delete(&key_of(&tmp), Precondition::None, audit("delete")).await.expect("delete"));
     assert_eq!(store.revision().await.expect("revision"), last);
     store.close().await.expect("close");
 
@@ -932,11 +997,11 @@ pub async fn calls_after_close_fail_closed(h: &dyn Harness) {
         Err(StoreError::Closed) => {}
         other => panic!("{what} after close: expected Closed, got {other:?}"),
     };
-    closed("create", store.create(object(Kind::Agent, "c", "b", json!({}))).await.map(drop));
+    closed("create", store.create(object(Kind::Agent, "c", "b", json!({})), audit("create")).await.map(drop));
     closed("get", store.get(&k).await.map(drop));
     closed("list", store.list(&ListQuery::new(Kind::Agent)).await.map(drop));
-    closed("update", store.update(a.clone(), Precondition::None).await.map(drop));
-    closed("delete", store.delete(&k, Precondition::None).await.map(drop));
+    closed("update", store.update(a.clone(), Precondition::None, audit("update")).await.map(drop));
+    closed("delete", store.delete(&k, Precondition::None, audit("delete")).await.map(drop));
     closed("watch", store.watch(WatchQuery::all_from(0)).await.map(drop));
     closed("revision", store.revision().await.map(drop));
     closed("ping", store.ping().await);
@@ -946,5 +1011,158 @@ pub async fn calls_after_close_fail_closed(h: &dyn Harness) {
     store.ping().await.expect("ping after re-open");
     assert_eq!(store.get(&k).await.expect("get after re-open"), a);
     assert_eq!(store.revision().await.expect("revision"), rv(&a));
+    store.close().await.expect("close");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The ledger
+
+/// Every successful write has exactly one entry, written with it; failed writes have none.
+pub async fn ledger_records_every_write(h: &dyn Harness) {
+    let store = h.open().await;
+    let a = create(store.as_ref(), object(Kind::Agent, "ns1", "a", json!({"v": 1}))).await;
+    // Failed writes leave no entry: AlreadyExists, a stale CAS, NotFound.
+    assert!(store.create(object(Kind::Agent, "ns1", "a", json!({})), audit("create")).await.is_err());
+    let mut next = a.clone();
+    next["spec"] = json!({"v": 2});
+    let a2 = store.update(next.clone(), Precondition::ResourceVersion(rv(&a)), audit("update")).await.expect("update");
+    assert!(store.update(next, Precondition::ResourceVersion(rv(&a)), audit("update")).await.is_err());
+    assert!(store.delete(&key(Kind::Agent, "ns1", "ghost"), Precondition::None, audit("delete")).await.is_err());
+    store.delete(&key_of(&a2), Precondition::None, audit("delete")).await.expect("delete");
+
+    let entries = all_entries(store.as_ref()).await;
+    let actions: Vec<&str> = entries.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["resource.created", "resource.updated", "resource.deleted"]);
+    assert_chain(&entries);
+    for e in &entries {
+        let t = e.target.as_ref().expect("a resource write names its target");
+        assert_eq!((t.kind.as_str(), t.namespace.as_str(), t.name.as_str()), ("Agent", "ns1", "a"));
+        assert_eq!(t.uid.as_deref(), Some(meta_str(&a, "uid")));
+        assert_eq!(e.namespace.as_deref(), Some("ns1"));
+        assert_eq!(e.actor, Actor::system("conformance"));
+    }
+    let (seq, hash) = store.ledger_head().await.expect("head");
+    assert_eq!((seq, hash.as_str()), (3, entries[2].hash.as_str()));
+    store.close().await.expect("close");
+}
+
+pub async fn ledger_chain_is_contiguous_under_concurrent_writers(h: &dyn Harness) {
+    let store = h.open().await;
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            for i in 0..40 {
+                let obj = object(Kind::AgentRun, "ns1", &format!("w{w}-{i}"), json!({}));
+                store.create(obj, audit("create")).await.expect("create");
+                if i % 10 == 0 {
+                    store
+                        .append(vec![draft(Actor::agent(format!("w{w}")), "policy.decided", None, "success")])
+                        .await
+                        .expect("append");
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer task");
+    }
+    let entries = all_entries(store.as_ref()).await;
+    assert_eq!(entries.len(), 8 * 40 + 8 * 4);
+    assert_chain(&entries);
+    store.close().await.expect("close");
+}
+
+pub async fn ledger_append_and_query(h: &dyn Harness) {
+    let store = h.open().await;
+    let before = chrono::Utc::now();
+    let sealed = store
+        .append(vec![
+            draft(Actor::user("alice"), "run.submitted", Some("run-1"), "success"),
+            draft(Actor::agent("coder"), "policy.decided", Some("run-1"), "denied"),
+            draft(Actor::user("bob"), "run.submitted", Some("run-2"), "success"),
+        ])
+        .await
+        .expect("append");
+    assert_eq!(sealed.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(sealed[0].params, json!({"tool": "exec", "args": {"cmd": "ls"}}));
+    assert!(store.append(vec![]).await.expect("empty append").is_empty());
+    create(store.as_ref(), object(Kind::Agent, "ns2", "x", json!({}))).await;
+
+    let q = |f: &dyn Fn(&mut LedgerQuery)| {
+        let mut q = LedgerQuery::default();
+        f(&mut q);
+        q
+    };
+    let seqs = |p: crate::LedgerPage| p.entries.iter().map(|e| e.seq).collect::<Vec<_>>();
+    let page = store.ledger_query(&q(&|q| q.run = Some("run-1".into()))).await.expect("query");
+    assert_eq!(seqs(page), [1, 2]);
+    let page = store.ledger_query(&q(&|q| q.actor = Some("alice".into()))).await.expect("query");
+    assert_eq!(seqs(page), [1]);
+    let page = store.ledger_query(&q(&|q| q.actor = Some("agent:coder".into()))).await.expect("query");
+    assert_eq!(seqs(page), [2]);
+    let page = store.ledger_query(&q(&|q| q.outcome = Some("denied".into()))).await.expect("query");
+    assert_eq!(seqs(page), [2]);
+    let page = store.ledger_query(&q(&|q| q.action = Some("run.submitted".into()))).await.expect("query");
+    assert_eq!(seqs(page), [1, 3]);
+    let page = store.ledger_query(&q(&|q| q.namespace = Some("ns2".into()))).await.expect("query");
+    assert_eq!(seqs(page), [4]);
+    let page =
+        store.ledger_query(&q(&|q| q.target = Some(("Agent".into(), "ns2".into(), "x".into())))).await.expect("query");
+    assert_eq!(seqs(page), [4]);
+    let page = store.ledger_query(&q(&|q| q.since = Some(before - chrono::Duration::seconds(5)))).await.expect("query");
+    assert_eq!(seqs(page), [1, 2, 3, 4]);
+    let page = store.ledger_query(&q(&|q| q.until = Some(before - chrono::Duration::seconds(5)))).await.expect("query");
+    assert!(page.entries.is_empty());
+    // Pagination.
+    let page = store.ledger_query(&q(&|q| q.limit = Some(3))).await.expect("query");
+    assert_eq!(page.next_after_seq, Some(3));
+    assert_eq!(seqs(page), [1, 2, 3]);
+    let page = store
+        .ledger_query(&q(&|q| {
+            q.limit = Some(3);
+            q.after_seq = Some(3);
+        }))
+        .await
+        .expect("query");
+    assert_eq!(page.next_after_seq, None);
+    assert_eq!(seqs(page), [4]);
+    store.close().await.expect("close");
+}
+
+pub async fn ledger_survives_restart(h: &dyn Harness) {
+    let store = h.open().await;
+    create(store.as_ref(), object(Kind::Agent, "ns1", "a", json!({}))).await;
+    store.append(vec![draft(Actor::user("alice"), "auth.failed", None, "failure")]).await.expect("append");
+    let head = store.ledger_head().await.expect("head");
+    store.close().await.expect("close");
+    let store = h.open().await;
+    assert_eq!(store.ledger_head().await.expect("head"), head);
+    create(store.as_ref(), object(Kind::Agent, "ns1", "b", json!({}))).await;
+    let entries = all_entries(store.as_ref()).await;
+    assert_eq!(entries.len(), 3);
+    assert_chain(&entries);
+    store.close().await.expect("close");
+}
+
+pub async fn ledger_checkpoints_round_trip(h: &dyn Harness) {
+    let store = h.open().await;
+    assert!(store.checkpoints().await.expect("checkpoints").is_empty());
+    create(store.as_ref(), object(Kind::Agent, "ns1", "a", json!({}))).await;
+    let (seq, hash) = store.ledger_head().await.expect("head");
+    let cp = Checkpoint {
+        seq,
+        hash: hash.clone(),
+        ts: chrono::Utc::now(),
+        key_id: "0123456789abcdef".into(),
+        signature: "c2lnbmF0dXJl".into(),
+    };
+    store.put_checkpoint(cp.clone()).await.expect("checkpoint");
+    store.put_checkpoint(cp.clone()).await.expect("the same checkpoint again is fine");
+    store.close().await.expect("close");
+    let store = h.open().await;
+    let cps = store.checkpoints().await.expect("checkpoints");
+    assert_eq!(cps.len(), 1);
+    assert_eq!((cps[0].seq, cps[0].hash.as_str(), cps[0].signature.as_str()), (seq, hash.as_str(), "c2lnbmF0dXJl"));
     store.close().await.expect("close");
 }

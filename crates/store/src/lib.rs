@@ -33,6 +33,7 @@ use futures::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use agentplane_ledger::{Actor, Checkpoint, Entry, EntryDraft, Target};
 pub use token::ContinueToken;
 
 /// A store revision. Revisions start at 1; 0 means "before anything".
@@ -248,7 +249,7 @@ impl StoreError {
 pub trait Store: Send + Sync + 'static {
     /// Create an object. If `metadata.name` is empty and `metadata.generateName` is set, the store
     /// picks a unique name from that prefix. Returns the object as stored.
-    async fn create(&self, obj: Value) -> Result<Value, StoreError>;
+    async fn create(&self, obj: Value, audit: EntryDraft) -> Result<Value, StoreError>;
 
     /// Read one object.
     async fn get(&self, key: &ObjectKey) -> Result<Value, StoreError>;
@@ -257,10 +258,31 @@ pub trait Store: Send + Sync + 'static {
     async fn list(&self, query: &ListQuery) -> Result<ObjectList, StoreError>;
 
     /// Replace an existing object (spec, status, labels, annotations).
-    async fn update(&self, obj: Value, precondition: Precondition) -> Result<Value, StoreError>;
+    async fn update(&self, obj: Value, precondition: Precondition, audit: EntryDraft) -> Result<Value, StoreError>;
 
     /// Delete an object, returning its last state.
-    async fn delete(&self, key: &ObjectKey, precondition: Precondition) -> Result<Value, StoreError>;
+    async fn delete(&self, key: &ObjectKey, precondition: Precondition, audit: EntryDraft)
+    -> Result<Value, StoreError>;
+
+    /// Append ledger entries that record actions without a state change here (authentication
+    /// failures, policy decisions, …), in one transaction, in order. Returns them sealed.
+    async fn append(&self, drafts: Vec<EntryDraft>) -> Result<Vec<Entry>, StoreError>;
+
+    /// The last entry's `(seq, hash)`; `(0, GENESIS_HASH)` for an empty ledger.
+    async fn ledger_head(&self) -> Result<(u64, String), StoreError>;
+
+    /// Ledger entries matching `query`, in seq order, one page at a time.
+    async fn ledger_query(&self, query: &LedgerQuery) -> Result<LedgerPage, StoreError>;
+
+    /// Up to `limit` entries with seq greater than `after_seq`, in seq order (export and verify
+    /// read the whole ledger this way, in constant memory).
+    async fn ledger_scan(&self, after_seq: u64, limit: usize) -> Result<Vec<Entry>, StoreError>;
+
+    /// Store a signed checkpoint (idempotent for the same seq).
+    async fn put_checkpoint(&self, checkpoint: Checkpoint) -> Result<(), StoreError>;
+
+    /// Every checkpoint, in seq order.
+    async fn checkpoints(&self) -> Result<Vec<Checkpoint>, StoreError>;
 
     /// Follow changes after `query.from_revision`.
     async fn watch(&self, query: WatchQuery) -> Result<WatchStream, StoreError>;
@@ -274,6 +296,60 @@ pub trait Store: Send + Sync + 'static {
     /// Finish pending writes, flush to disk and stop. Later calls fail with `Closed`; open
     /// watches end.
     async fn close(&self) -> Result<(), StoreError>;
+}
+
+/// Filters of a ledger query; all given filters must hold.
+#[derive(Debug, Clone, Default)]
+pub struct LedgerQuery {
+    /// Entries at or after this time.
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Entries before this time.
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    pub namespace: Option<String>,
+    pub run: Option<String>,
+    /// Actor id (`alice`, `agent:shell-agent` matches kind and id).
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub outcome: Option<String>,
+    /// `(kind, namespace, name)` of the target.
+    pub target: Option<(String, String, String)>,
+    /// Continue after this seq.
+    pub after_seq: Option<u64>,
+    /// Page size (default 500, at most 5000).
+    pub limit: Option<usize>,
+}
+
+impl LedgerQuery {
+    pub fn effective_limit(&self) -> usize {
+        self.limit.unwrap_or(DEFAULT_LIST_LIMIT).clamp(1, MAX_LIST_LIMIT)
+    }
+}
+
+/// One page of ledger entries.
+#[derive(Debug, Clone, Default)]
+pub struct LedgerPage {
+    pub entries: Vec<Entry>,
+    /// Present when more entries may follow: pass it as `after_seq`.
+    pub next_after_seq: Option<u64>,
+}
+
+/// The ledger entry recording a write to a resource; the store fills in the target (kind,
+/// namespace, name, uid) from the object it stored.
+pub fn resource_audit(actor: Actor, action: &str) -> EntryDraft {
+    EntryDraft {
+        actor,
+        action: action.to_string(),
+        namespace: None,
+        target: None,
+        run: None,
+        environment: None,
+        takeover_level: None,
+        decision: None,
+        outcome: "success".to_string(),
+        params: Value::Object(serde_json::Map::new()),
+        error: None,
+        trace_id: None,
+    }
 }
 
 /// Parse a resourceVersion string.
