@@ -16,6 +16,7 @@ Exit codes:
   5  invalid input (validation failed, bad YAML/JSON, unknown kind or apiVersion)
   6  server unreachable (connection refused, timed out)
   7  server error (5xx)
+  8  ledger verification failed (an entry, link or checkpoint signature does not verify)
 
 Environment:
   AGENTCTL_SERVER     server URL (overrides the config file; --server overrides it)
@@ -100,6 +101,8 @@ pub enum Command {
     /// Delete resources by name
     #[command(after_help = "Example:\n  agentctl delete run my-run other-run")]
     Delete(DeleteArgs),
+    /// Verify, query, export and summarise the tamper-evident ledger
+    Ledger(LedgerArgs),
     /// Print the client and server versions
     Version(VersionArgs),
     /// Print a shell completion script
@@ -174,6 +177,135 @@ pub struct DeleteArgs {
 
 #[derive(Debug, Args)]
 pub struct VersionArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LedgerArgs {
+    #[command(subcommand)]
+    pub command: LedgerCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// Recompute every hash, link and checkpoint signature, online or on an exported file
+    #[command(after_help = "Exit code 8 when the ledger does not verify.\n\nExamples:\n  \
+                            agentctl ledger verify\n  agentctl ledger verify --from 5000\n  \
+                            agentctl ledger verify --export-file ledger.jsonl --public-key ledger.pub")]
+    Verify(LedgerVerifyArgs),
+    /// List ledger entries matching filters (follows pages to the end unless --limit)
+    ///
+    /// -n/--namespace filters by namespace when given on the command line; without it, entries of
+    /// every namespace are listed (the configured default namespace does not apply).
+    #[command(after_help = "Examples:\n  agentctl ledger query --since 1h\n  \
+                            agentctl ledger query --target agent/default/coder -o json\n  \
+                            agentctl ledger query --actor user:alice --action resource.deleted --since 7d")]
+    Query(LedgerQueryArgs),
+    /// Stream the whole ledger (checkpoints and entries) as JSON lines or CSV
+    #[command(after_help = "Examples:\n  agentctl ledger export --format jsonl -f ledger.jsonl\n  \
+                            agentctl ledger export --format csv > ledger.csv")]
+    Export(LedgerExportArgs),
+    /// Counts, denials, approvals, top agents and anomalies of one day (UTC)
+    #[command(after_help = "Example:\n  agentctl ledger summary --day 2026-11-24")]
+    Summary(LedgerSummaryArgs),
+    /// Print the server's ledger public key (PEM; -o json for key id and base64), to pin it
+    #[command(after_help = "Example:\n  agentctl ledger public-key > ledger.pub\n  \
+                            agentctl ledger verify --export-file ledger.jsonl --public-key ledger.pub")]
+    PublicKey(LedgerPublicKeyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LedgerPublicKeyArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LedgerVerifyArgs {
+    /// Start at this entry: its prevHash is trusted, earlier entries are not checked
+    #[arg(long, value_name = "SEQ")]
+    pub from: Option<u64>,
+    /// Verify this file written by 'agentctl ledger export --format jsonl' (offline: no server)
+    #[arg(long, value_name = "FILE")]
+    pub export_file: Option<PathBuf>,
+    /// The ed25519 public key to check checkpoint signatures with: a file (PEM, base64, or the
+    /// JSON of GET /api/v1/ledger/public-key) or the base64 key itself [default: the server's
+    /// key; offline, the key in the export's header, which is not pinned]
+    #[arg(long, value_name = "FILE|BASE64")]
+    pub public_key: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LedgerQueryArgs {
+    /// Entries at or after this time: RFC 3339 or a duration ago (30s, 15m, 1h, 7d, 2w, 1h30m)
+    #[arg(long, value_name = "TIME", value_parser = crate::ledger::parse_time_arg)]
+    pub since: Option<crate::ledger::TimeArg>,
+    /// Entries before this time: RFC 3339 or a duration ago
+    #[arg(long, value_name = "TIME", value_parser = crate::ledger::parse_time_arg)]
+    pub until: Option<crate::ledger::TimeArg>,
+    /// Entries of this AgentRun
+    #[arg(long, value_name = "RUN")]
+    pub run: Option<String>,
+    /// Entries by this actor: 'ID' or 'KIND:ID' (user:alice, agent:coder, system:scheduler)
+    #[arg(long, value_name = "ACTOR")]
+    pub actor: Option<String>,
+    /// Entries with this action, e.g. resource.created
+    #[arg(long, value_name = "ACTION")]
+    pub action: Option<String>,
+    /// Entries with this outcome: success, failure, denied, pending, ...
+    #[arg(long, value_name = "OUTCOME")]
+    pub outcome: Option<String>,
+    /// Entries about one object: KIND/NAMESPACE/NAME (kind as singular, plural or short name)
+    #[arg(long, value_name = "KIND/NS/NAME")]
+    pub target: Option<String>,
+    /// Return at most N entries (the JSON/YAML output keeps the continue token)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
+    /// Entries fetched per request while following pages (1 to 5000)
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=5000))]
+    pub chunk_size: u64,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Format of `ledger export`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// Header line, checkpoint lines, entry lines: what 'ledger verify --export-file' reads
+    Jsonl,
+    /// One row per entry, with a header row
+    Csv,
+}
+
+impl ExportFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExportFormat::Jsonl => "jsonl",
+            ExportFormat::Csv => "csv",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct LedgerExportArgs {
+    /// Export format
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub format: ExportFormat,
+    /// Write to this file instead of stdout (written to FILE.partial, renamed when complete)
+    #[arg(short = 'f', long, value_name = "FILE")]
+    pub output_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LedgerSummaryArgs {
+    /// The day (UTC) to summarise, YYYY-MM-DD [default: today, UTC]
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    pub day: Option<chrono::NaiveDate>,
     #[command(flatten)]
     pub client: ClientArgs,
 }

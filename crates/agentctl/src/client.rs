@@ -12,6 +12,8 @@ use crate::error::{ApiError, CliError};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Streamed replies (ledger export) have no overall deadline, only one between reads.
+const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(60);
 const APPLY_RESULT_HEADER: &str = "x-agentplane-apply-result";
 
 /// What `PUT` did to an object.
@@ -41,9 +43,27 @@ pub struct ListQuery {
     pub continue_token: Option<String>,
 }
 
+/// A streamed reply body, read chunk by chunk (constant memory).
+#[derive(Debug)]
+pub struct BodyStream {
+    resp: Response,
+    server: String,
+}
+
+impl BodyStream {
+    /// The next chunk of the body; `None` at its end. A body cut short is an error.
+    pub async fn chunk(&mut self) -> Result<Option<bytes::Bytes>, CliError> {
+        self.resp.chunk().await.map_err(|e| {
+            CliError::Other(format!("reading the reply from {} failed: {}", self.server, transport_reason(&e)))
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,
+    /// Like `http`, without the overall request timeout (for streamed bodies).
+    stream_http: reqwest::Client,
     base: Url,
     /// The server URL as given, for messages.
     display: String,
@@ -72,13 +92,15 @@ impl Client {
         if base.host_str().is_none() {
             return Err(CliError::Other(format!("invalid server URL {server:?}: no host")));
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .user_agent(concat!("agentctl/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| CliError::Other(format!("cannot build the HTTP client: {e}")))?;
-        Ok(Client { http, base, display: server.trim_end_matches('/').to_string(), token })
+        let builder = || {
+            reqwest::Client::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .user_agent(concat!("agentctl/", env!("CARGO_PKG_VERSION")))
+        };
+        let build_error = |e: reqwest::Error| CliError::Other(format!("cannot build the HTTP client: {e}"));
+        let http = builder().timeout(REQUEST_TIMEOUT).build().map_err(build_error)?;
+        let stream_http = builder().read_timeout(STREAM_READ_TIMEOUT).build().map_err(build_error)?;
+        Ok(Client { http, stream_http, base, display: server.trim_end_matches('/').to_string(), token })
     }
 
     /// The server URL, for messages.
@@ -106,7 +128,11 @@ impl Client {
     }
 
     fn request(&self, method: Method, url: Url) -> RequestBuilder {
-        let mut req = self.http.request(method, url);
+        self.request_with(&self.http, method, url)
+    }
+
+    fn request_with(&self, http: &reqwest::Client, method: Method, url: Url) -> RequestBuilder {
+        let mut req = http.request(method, url);
         if let Some(token) = &self.token
             && let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
         {
@@ -197,6 +223,37 @@ impl Client {
         let resp = self.send(self.request(Method::DELETE, self.object_url(kind, namespace, name))).await;
         let resp = not_found(resp, kind, namespace, name)?;
         self.json(resp).await
+    }
+
+    fn ledger_url(&self, what: &str) -> Url {
+        self.url(&["api", "v1", "ledger", what])
+    }
+
+    /// `GET /api/v1/ledger/public-key`.
+    pub async fn ledger_public_key(&self) -> Result<Value, CliError> {
+        let resp = self.send(self.request(Method::GET, self.ledger_url("public-key"))).await?;
+        self.json(resp).await
+    }
+
+    /// One page of `GET /api/v1/ledger/entries`; `params` are the query's filters.
+    pub async fn ledger_entries(&self, params: &[(&str, String)]) -> Result<Value, CliError> {
+        let resp = self.send(self.request(Method::GET, self.ledger_url("entries")).query(params)).await?;
+        self.json(resp).await
+    }
+
+    /// `GET /api/v1/ledger/summary?day=`.
+    pub async fn ledger_summary(&self, day: &str) -> Result<Value, CliError> {
+        let req = self.request(Method::GET, self.ledger_url("summary")).query(&[("day", day)]);
+        let resp = self.send(req).await?;
+        self.json(resp).await
+    }
+
+    /// `GET /api/v1/ledger/export?format=`, as a stream.
+    pub async fn ledger_export(&self, format: &str) -> Result<BodyStream, CliError> {
+        let req =
+            self.request_with(&self.stream_http, Method::GET, self.ledger_url("export")).query(&[("format", format)]);
+        let resp = self.send(req).await?;
+        Ok(BodyStream { resp, server: self.display.clone() })
     }
 
     pub async fn version(&self) -> Result<Value, CliError> {

@@ -19,7 +19,7 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    fn client(&self) -> Result<Client, CliError> {
+    pub fn client(&self) -> Result<Client, CliError> {
         Client::new(&self.settings.server, self.settings.token.clone())
     }
 }

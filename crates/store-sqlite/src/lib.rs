@@ -27,7 +27,7 @@ mod checkpoint;
 /// How ledger timestamps are stored in the `ts` column: fixed-width RFC 3339 with microseconds,
 /// so that string order is time order.
 pub(crate) fn ledger_ts(ts: &chrono::DateTime<chrono::Utc>) -> String {
-    ts.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+    agentplane_ledger::format_ts(ts)
 }
 mod read;
 mod schema;
@@ -179,6 +179,10 @@ impl SqliteStore {
     }
 
     async fn write(&self, op: Op) -> Result<Value, StoreError> {
+        self.write_output(op).await.map(|o| o.object)
+    }
+
+    async fn write_output(&self, op: Op) -> Result<writer::Output, StoreError> {
         self.check_open()?;
         let sender = lock(&self.commands).clone().ok_or(StoreError::Closed)?;
         let (reply, answer) = oneshot::channel();
@@ -223,8 +227,7 @@ impl Store for SqliteStore {
         if drafts.is_empty() {
             return Ok(Vec::new());
         }
-        let sealed = self.write(Op::Append(drafts)).await?;
-        serde_json::from_value(sealed).map_err(|e| StoreError::unavailable("sqlite: decoding sealed entries", e))
+        Ok(self.write_output(Op::Append(drafts)).await?.entries)
     }
 
     async fn ledger_head(&self) -> Result<(u64, String), StoreError> {

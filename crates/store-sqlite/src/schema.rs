@@ -59,12 +59,13 @@ const MIGRATIONS: &[&str] = &[
         hash             TEXT    NOT NULL,
         body             TEXT    NOT NULL
     );
+    -- Indexes cost every append; only the lookups that must stay fast at millions of entries
+    -- get one: by time (ranges, daily summaries), by run, by target object. Filters by actor,
+    -- action, outcome or namespace are applied while scanning (within a time range if given).
     CREATE INDEX ledger_ts ON ledger (ts);
     CREATE INDEX ledger_run ON ledger (run, seq) WHERE run IS NOT NULL;
-    CREATE INDEX ledger_actor ON ledger (actor_id, seq);
-    CREATE INDEX ledger_action ON ledger (action, seq);
-    CREATE INDEX ledger_namespace ON ledger (namespace, seq);
-    CREATE INDEX ledger_target ON ledger (target_kind, target_namespace, target_name, seq);
+    CREATE INDEX ledger_target ON ledger (target_name, target_kind, target_namespace, seq)
+        WHERE target_name IS NOT NULL;
     CREATE TABLE ledger_checkpoints (
         seq  INTEGER PRIMARY KEY,
         body TEXT NOT NULL

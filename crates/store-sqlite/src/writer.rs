@@ -27,7 +27,15 @@ const GENERATE_NAME_ATTEMPTS: usize = 32;
 const GENERATE_NAME_SUFFIX: usize = 5;
 
 /// Where the result of one write goes.
-pub(crate) type Reply = oneshot::Sender<Result<Value, StoreError>>;
+pub(crate) type Reply = oneshot::Sender<Result<Output, StoreError>>;
+
+/// What a successful write answers: the stored object (`null` for ledger-only commands) and the
+/// ledger entries sealed for `Append`.
+#[derive(Debug)]
+pub(crate) struct Output {
+    pub object: Value,
+    pub entries: Vec<Entry>,
+}
 
 /// One write, with the channel its result goes back on.
 #[derive(Debug)]
@@ -70,6 +78,8 @@ struct Chain {
 /// A command that succeeded inside the (not yet committed) transaction.
 struct Applied {
     object: Value,
+    /// Sealed entries, for `Append` only.
+    entries: Vec<Entry>,
     /// `None` for commands that change no object (ledger appends, checkpoints).
     event: Option<EventType>,
 }
@@ -215,7 +225,7 @@ impl Writer {
                     // An error only means every watcher has gone.
                     let _ = self.events.send(Arc::new(ev));
                 }
-                a.object
+                Output { object: a.object, entries: a.entries }
             });
             let _ = reply.send(result);
         }
@@ -338,7 +348,7 @@ fn create(conn: &Connection, mut obj: Value, revision: Revision) -> Result<Appli
         return Err(StoreError::AlreadyExists(key));
     }
     insert_event(conn, revision, &key, EventType::Added, &body)?;
-    Ok(Applied { object: obj, event: Some(EventType::Added) })
+    Ok(Applied { object: obj, entries: Vec::new(), event: Some(EventType::Added) })
 }
 
 fn update(conn: &Connection, mut obj: Value, pre: Precondition, revision: Revision) -> Result<Applied, StoreError> {
@@ -373,7 +383,7 @@ fn update(conn: &Connection, mut obj: Value, pre: Precondition, revision: Revisi
     })
     .map_err(|e| sql_err("updating an object", e))?;
     insert_event(conn, revision, &key, EventType::Modified, &body)?;
-    Ok(Applied { object: obj, event: Some(EventType::Modified) })
+    Ok(Applied { object: obj, entries: Vec::new(), event: Some(EventType::Modified) })
 }
 
 fn delete(conn: &Connection, key: &ObjectKey, pre: Precondition, revision: Revision) -> Result<Applied, StoreError> {
@@ -389,7 +399,7 @@ fn delete(conn: &Connection, key: &ObjectKey, pre: Precondition, revision: Revis
     metadata_mut(&mut obj)?.insert("resourceVersion".into(), Value::String(revision.to_string()));
     let body = serde_json::to_string(&obj).map_err(|e| json_err("encoding an object", e))?;
     insert_event(conn, revision, &key, EventType::Deleted, &body)?;
-    Ok(Applied { object: obj, event: Some(EventType::Deleted) })
+    Ok(Applied { object: obj, entries: Vec::new(), event: Some(EventType::Deleted) })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -420,7 +430,7 @@ fn seal_and_insert(conn: &Connection, draft: EntryDraft, chain: &mut Chain) -> R
     .and_then(|mut s| {
         s.execute(params![
             as_i64(entry.seq),
-            crate::ledger_ts(&entry.ts),
+            agentplane_ledger::format_ts(&entry.ts),
             actor_kind(&entry),
             entry.actor.id,
             entry.action,
@@ -474,8 +484,7 @@ fn append(conn: &Connection, drafts: Vec<EntryDraft>, chain: &mut Chain) -> Resu
     for d in drafts {
         sealed.push(seal_and_insert(conn, d, chain)?);
     }
-    let object = serde_json::to_value(&sealed).map_err(|e| json_err("encoding ledger entries", e))?;
-    Ok(Applied { object, event: None })
+    Ok(Applied { object: Value::Null, entries: sealed, event: None })
 }
 
 fn insert_checkpoint(conn: &Connection, cp: &Checkpoint) -> Result<Applied, StoreError> {
@@ -483,5 +492,5 @@ fn insert_checkpoint(conn: &Connection, cp: &Checkpoint) -> Result<Applied, Stor
     conn.prepare_cached("INSERT INTO ledger_checkpoints (seq, body) VALUES (?1, ?2) ON CONFLICT (seq) DO NOTHING")
         .and_then(|mut s| s.execute(params![as_i64(cp.seq), body]))
         .map_err(|e| sql_err("storing a ledger checkpoint", e))?;
-    Ok(Applied { object: Value::Null, event: None })
+    Ok(Applied { object: Value::Null, entries: Vec::new(), event: None })
 }

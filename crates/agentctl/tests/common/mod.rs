@@ -63,10 +63,21 @@ impl TestServer {
         TestServer::start_in(tempfile::tempdir().expect("tempdir"))
     }
 
+    /// Start with extra server flags (e.g. `--ledger-checkpoint-every-entries 1`).
+    pub fn start_with(extra: &[&str]) -> TestServer {
+        TestServer::start_in_with(tempfile::tempdir().expect("tempdir"), extra)
+    }
+
     /// Start on an existing directory (its `data/` holds the store).
     pub fn start_in(dir: tempfile::TempDir) -> TestServer {
+        TestServer::start_in_with(dir, &[])
+    }
+
+    fn start_in_with(dir: tempfile::TempDir, extra: &[&str]) -> TestServer {
         let mut cmd = agentctl(&dir.path().join("client.toml"));
-        cmd.args(["server", "--listen", "127.0.0.1:0", "--log-level", "info", "--log-format", "text", "--data-dir"])
+        cmd.args(["server", "--listen", "127.0.0.1:0", "--log-level", "info", "--log-format", "text"])
+            .args(extra)
+            .arg("--data-dir")
             .arg(dir.path().join("data"))
             .current_dir(dir.path())
             .stdin(Stdio::null())
