@@ -86,11 +86,18 @@ pub struct LedgerConfig {
     pub checkpoint_every_entries: u64,
     /// Sign a checkpoint at least this often (seconds) while there are new entries.
     pub checkpoint_interval_seconds: u64,
+    /// How often (seconds) today's anomalies are computed and new ones recorded as
+    /// `anomaly.flagged` entries.
+    pub anomaly_scan_interval_seconds: u64,
 }
 
 impl Default for LedgerConfig {
     fn default() -> Self {
-        LedgerConfig { checkpoint_every_entries: 1_000, checkpoint_interval_seconds: 60 }
+        LedgerConfig {
+            checkpoint_every_entries: 1_000,
+            checkpoint_interval_seconds: 60,
+            anomaly_scan_interval_seconds: 300,
+        }
     }
 }
 
@@ -153,6 +160,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("AGENTPLANE_STORE_EVENT_HISTORY", "store.event_history"),
     ("AGENTPLANE_LEDGER_CHECKPOINT_EVERY_ENTRIES", "ledger.checkpoint_every_entries"),
     ("AGENTPLANE_LEDGER_CHECKPOINT_INTERVAL_SECONDS", "ledger.checkpoint_interval_seconds"),
+    ("AGENTPLANE_LEDGER_ANOMALY_SCAN_INTERVAL_SECONDS", "ledger.anomaly_scan_interval_seconds"),
 ];
 
 fn parse<T: std::str::FromStr>(var: &str, v: &str) -> Result<T, ConfigError> {
@@ -202,6 +210,9 @@ impl Config {
                 "AGENTPLANE_STORE_SYNCHRONOUS" => c.store.synchronous = parse_enum(var, v)?,
                 "AGENTPLANE_STORE_EVENT_HISTORY" => c.store.event_history = parse(var, v)?,
                 "AGENTPLANE_LEDGER_CHECKPOINT_EVERY_ENTRIES" => c.ledger.checkpoint_every_entries = parse(var, v)?,
+                "AGENTPLANE_LEDGER_ANOMALY_SCAN_INTERVAL_SECONDS" => {
+                    c.ledger.anomaly_scan_interval_seconds = parse(var, v)?
+                }
                 "AGENTPLANE_LEDGER_CHECKPOINT_INTERVAL_SECONDS" => {
                     c.ledger.checkpoint_interval_seconds = parse(var, v)?
                 }
@@ -257,9 +268,14 @@ impl Config {
                 self.max_body_bytes
             )));
         }
-        if self.ledger.checkpoint_every_entries == 0 || self.ledger.checkpoint_interval_seconds == 0 {
+        if self.ledger.checkpoint_every_entries == 0
+            || self.ledger.checkpoint_interval_seconds == 0
+            || self.ledger.anomaly_scan_interval_seconds == 0
+        {
             return Err(ConfigError(
-                "ledger.checkpoint_every_entries and ledger.checkpoint_interval_seconds must be at least 1".into(),
+                "ledger.checkpoint_every_entries, ledger.checkpoint_interval_seconds and \
+                 ledger.anomaly_scan_interval_seconds must be at least 1"
+                    .into(),
             ));
         }
         if self.store.event_history < 1_000 {

@@ -306,30 +306,126 @@ pub async fn summary(
             other => return Err(ApiError::invalid(format!("unknown query parameter {other:?}; known: day"))),
         }
     }
-    let start = day.and_hms_opt(0, 0, 0).map(|t| t.and_utc()).unwrap_or_else(Utc::now);
-    let end = start + chrono::Duration::days(1);
-    let history_start = start - chrono::Duration::days(7);
-    let history = collect(st.store.as_ref(), history_start, start).await?;
-    let baseline = agentplane_ledger::Baseline::from_entries(history.iter(), 7);
-    let today = collect(st.store.as_ref(), start, end).await?;
-    let summary =
-        agentplane_ledger::summarize(day, today.iter(), &baseline, &agentplane_ledger::AnomalyRules::default());
+    let summary = compute_summary(&st.store, day).await?;
     Ok(Json(serde_json::to_value(summary).unwrap_or_default()))
 }
 
-async fn collect(
-    store: &dyn Store,
+/// Entries with `since <= ts < until`, paged out of the store by an async task into a bounded
+/// channel and consumed by `f` on a blocking thread: constant memory whatever the volume.
+async fn fold_entries<T: Send + 'static>(
+    store: &Arc<dyn Store>,
     since: DateTime<Utc>,
     until: DateTime<Utc>,
-) -> Result<Vec<agentplane_ledger::Entry>, ApiError> {
-    let mut q = LedgerQuery { since: Some(since), until: Some(until), limit: Some(5_000), ..Default::default() };
-    let mut out = Vec::new();
+    f: impl FnOnce(&mut dyn Iterator<Item = agentplane_ledger::Entry>) -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<agentplane_ledger::Entry>(SCAN_CHUNK);
+    let consumer = tokio::task::spawn_blocking(move || f(&mut std::iter::from_fn(move || rx.blocking_recv())));
+    let mut q = LedgerQuery { since: Some(since), until: Some(until), limit: Some(SCAN_CHUNK), ..Default::default() };
+    let producer = async {
+        loop {
+            let page = store.ledger_query(&q).await?;
+            for e in page.entries {
+                // The consumer only goes away early if it panicked; then stop producing.
+                if tx.send(e).await.is_err() {
+                    return Ok::<(), StoreError>(());
+                }
+            }
+            match page.next_after_seq {
+                Some(seq) => q.after_seq = Some(seq),
+                None => return Ok(()),
+            }
+        }
+    };
+    let produced = producer.await;
+    drop(tx);
+    let out =
+        consumer.await.map_err(|e| ApiError::new(crate::error::ErrorCode::Internal, format!("summary failed: {e}")))?;
+    produced?;
+    Ok(out)
+}
+
+/// The summary of one UTC day, with the previous 7 days as each actor's baseline.
+pub async fn compute_summary(store: &Arc<dyn Store>, day: NaiveDate) -> Result<agentplane_ledger::Summary, ApiError> {
+    let start = day.and_hms_opt(0, 0, 0).map(|t| t.and_utc()).unwrap_or_else(Utc::now);
+    let end = start + chrono::Duration::days(1);
+    let baseline = fold_entries(store, start - chrono::Duration::days(7), start, |it| {
+        agentplane_ledger::Baseline::from_entries(it, 7)
+    })
+    .await?;
+    fold_entries(store, start, end, move |it| {
+        agentplane_ledger::summarize(day, it, &baseline, &agentplane_ledger::AnomalyRules::default())
+    })
+    .await
+}
+
+/// Every `interval`, compute today's summary and record each anomaly not yet recorded today as
+/// an `anomaly.flagged` ledger entry (actor `system:anomaly-detector`), so that flags are events
+/// a reader can query, not only lines in a summary.
+pub async fn run_anomaly_scanner(store: Arc<dyn Store>, interval: Duration, mut stop: watch::Receiver<bool>) {
     loop {
-        let page = store.ledger_query(&q).await?;
-        out.extend(page.entries);
-        match page.next_after_seq {
-            Some(seq) => q.after_seq = Some(seq),
-            None => return Ok(out),
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if let Err(e) = flag_anomalies(&store, Utc::now().date_naive()).await {
+            tracing::warn!(error = %e.message, "anomaly scan failed");
         }
     }
+}
+
+/// Record today's new anomalies; returns how many were recorded.
+pub async fn flag_anomalies(store: &Arc<dyn Store>, day: NaiveDate) -> Result<usize, ApiError> {
+    let summary = compute_summary(store, day).await?;
+    if summary.anomalies.is_empty() {
+        return Ok(0);
+    }
+    let start = day.and_hms_opt(0, 0, 0).map(|t| t.and_utc()).unwrap_or_else(Utc::now);
+    let mut seen = std::collections::BTreeSet::new();
+    let mut q = LedgerQuery {
+        since: Some(start),
+        until: Some(start + chrono::Duration::days(1)),
+        action: Some(agentplane_ledger::actions::ANOMALY_FLAGGED.to_string()),
+        limit: Some(SCAN_CHUNK),
+        ..Default::default()
+    };
+    loop {
+        let page = store.ledger_query(&q).await?;
+        for e in &page.entries {
+            if let Some(k) = e.params.get("key").and_then(|v| v.as_str()) {
+                seen.insert(k.to_string());
+            }
+        }
+        match page.next_after_seq {
+            Some(seq) => q.after_seq = Some(seq),
+            None => break,
+        }
+    }
+    let mut drafts = Vec::new();
+    for a in &summary.anomalies {
+        let kind = serde_json::to_value(a.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        let key = format!("{day}/{kind}/{}/{}", a.actor, a.environment.as_deref().unwrap_or("-"));
+        if seen.contains(&key) {
+            continue;
+        }
+        drafts.push(agentplane_ledger::EntryDraft {
+            actor: agentplane_ledger::Actor::system("anomaly-detector"),
+            action: agentplane_ledger::actions::ANOMALY_FLAGGED.to_string(),
+            namespace: None,
+            target: None,
+            run: None,
+            environment: a.environment.clone(),
+            takeover_level: None,
+            decision: None,
+            outcome: agentplane_ledger::outcomes::SUCCESS.to_string(),
+            params: json!({"key": key, "kind": kind, "actor": a.actor, "count": a.count, "firstSeq": a.first_seq, "detail": a.detail}),
+            error: None,
+            trace_id: None,
+        });
+    }
+    let n = drafts.len();
+    store.append(drafts).await?;
+    if n > 0 {
+        tracing::warn!(count = n, %day, "ledger anomalies flagged");
+    }
+    Ok(n)
 }

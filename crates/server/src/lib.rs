@@ -215,6 +215,11 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         Duration::from_secs(config.ledger.checkpoint_interval_seconds),
         rx.clone(),
     ));
+    let scanner = tokio::spawn(ledger::run_anomaly_scanner(
+        store.clone(),
+        Duration::from_secs(config.ledger.anomaly_scan_interval_seconds),
+        rx.clone(),
+    ));
     let state = Arc::new(AppState { store: store.clone(), config: Arc::new(config), ledger_key, shutdown: rx.clone() });
     let app = router(state);
     let mut stop = rx.clone();
@@ -237,6 +242,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
             }
         };
         // The checkpointer signs a last checkpoint when it sees shutdown; wait for it.
+        let _ = scanner.await;
         let _ = checkpointer.await;
         store.close().await?;
         tracing::info!("store flushed and closed");

@@ -233,3 +233,66 @@ async fn tampering_is_detected_and_located() {
     .await;
     assert_eq!(problem(&r).1, ProblemKind::BadSignature, "{r:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anomalies_show_in_the_summary_and_are_recorded_once() {
+    let t = TestServer::start_with(|c| c.ledger.anomaly_scan_interval_seconds = 1).await;
+    // No history, then 60 writes in one hour: a burst for this actor.
+    for i in 0..60 {
+        assert_eq!(t.post("default", "agents", &manifest("Agent", &format!("b{i}"))).await.0, 201);
+    }
+    let today = chrono::Utc::now().date_naive().to_string();
+    let (code, summary) = t.get(&t.url(&format!("/api/v1/ledger/summary?day={today}"))).await;
+    assert_eq!(code, 200, "{summary}");
+    assert_eq!(summary["byAction"]["resource.created"], 60, "{summary}");
+    let anomalies = summary["anomalies"].as_array().unwrap();
+    assert!(anomalies.iter().any(|a| a["kind"] == "burst" && a["actor"] == "user:anonymous"), "{summary}");
+    // The scanner records it as an event, once.
+    let flagged = eventually(Duration::from_secs(20), || async {
+        let e = entries(&t, "action=anomaly.flagged").await;
+        (!e.is_empty()).then_some(e)
+    })
+    .await;
+    assert_eq!(flagged[0]["actor"], json!({"kind": "system", "id": "anomaly-detector"}));
+    assert_eq!(flagged[0]["params"]["kind"], "burst");
+    let (code, e) = t.get(&t.url("/api/v1/ledger/summary?day=24-11-2026")).await;
+    assert_eq!((code, e["field"].as_str()), (400, Some("day")));
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_anomaly_is_flagged_once_per_day() {
+    use agentplane_store::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let store: std::sync::Arc<dyn Store> =
+        agentplane_store_sqlite::SqliteStore::open(&dir.path().join("db"), Default::default()).unwrap();
+    let drafts = (0..5)
+        .map(|_| agentplane_ledger::EntryDraft {
+            actor: agentplane_ledger::Actor::agent("coder"),
+            action: "elevation.requested".into(),
+            namespace: Some("default".into()),
+            target: None,
+            run: None,
+            environment: Some("production".into()),
+            takeover_level: Some(2),
+            decision: Some("deny".into()),
+            outcome: "denied".into(),
+            params: json!({}),
+            error: None,
+            trace_id: None,
+        })
+        .collect();
+    store.append(drafts).await.unwrap();
+    let today = chrono::Utc::now().date_naive();
+    let first = agentplane_server::ledger::flag_anomalies(&store, today).await.unwrap();
+    assert!(first >= 2, "elevation use and repeated denials: {first}");
+    assert_eq!(agentplane_server::ledger::flag_anomalies(&store, today).await.unwrap(), 0, "no duplicates");
+    let page = store
+        .ledger_query(&agentplane_store::LedgerQuery { action: Some("anomaly.flagged".into()), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(page.entries.len(), first);
+    let kinds: Vec<&str> = page.entries.iter().filter_map(|e| e.params["kind"].as_str()).collect();
+    assert!(kinds.contains(&"elevation_use") && kinds.contains(&"repeated_denials"), "{kinds:?}");
+    store.close().await.unwrap();
+}
