@@ -101,6 +101,9 @@ impl From<StoreError> for ApiError {
                 .with_details(json!({"kind": key.kind.as_str(), "namespace": key.namespace, "name": key.name})),
             StoreError::AlreadyExists(key) => ApiError::new(ErrorCode::AlreadyExists, message)
                 .with_details(json!({"kind": key.kind.as_str(), "namespace": key.namespace, "name": key.name})),
+            StoreError::IdempotencyKeyInUse { existing, idempotency_key } => ApiError::new(ErrorCode::Conflict, message)
+                .with_field("spec.idempotencyKey")
+                .with_details(json!({"idempotencyKey": idempotency_key, "existing": {"kind": existing.kind.as_str(), "namespace": existing.namespace, "name": existing.name}})),
             StoreError::Conflict { expected, actual, .. } => ApiError::new(ErrorCode::Conflict, message)
                 .with_field("metadata.resourceVersion")
                 .with_details(json!({"expected": expected.to_string(), "actual": actual.to_string()})),

@@ -147,6 +147,7 @@ pub async fn apply(
     strip_server_meta(&mut desired);
     if let Some(rv) = cas {
         let existing = store.get(&key).await?;
+        check_immutable(&existing, &desired)?;
         if revision_of(&existing) == Some(rv) && same_desired_state(&existing, &desired) {
             // Nothing to change: do not write (a write would bump the version for nothing).
             return Ok((ApplyResult::Unchanged, existing));
@@ -168,6 +169,7 @@ pub async fn apply(
             }
             Err(e) => return Err(e.into()),
             Ok(existing) => {
+                check_immutable(&existing, &desired)?;
                 if same_desired_state(&existing, &desired) {
                     return Ok((ApplyResult::Unchanged, existing));
                 }
@@ -208,6 +210,20 @@ fn same_desired_state(existing: &Value, desired: &Value) -> bool {
     user_part(existing) == user_part(desired)
 }
 
+/// `spec.idempotencyKey` never changes after create.
+fn check_immutable(existing: &Value, desired: &Value) -> Result<(), ApiError> {
+    let before = existing.pointer("/spec/idempotencyKey");
+    let after = desired.pointer("/spec/idempotencyKey");
+    if before.is_some() && before != after {
+        return Err(field_err(
+            "spec.idempotencyKey",
+            Reason::InvalidValue,
+            "spec.idempotencyKey cannot change after the run is created".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// The existing object with the desired spec, labels and annotations; status and server-owned
 /// metadata kept.
 fn merged(existing: &Value, desired: &Value) -> Value {
@@ -242,12 +258,68 @@ pub async fn create(
     let Path((ns, plural)) = path.map_err(path_err)?;
     let kind = kind_of(&plural)?;
     check_namespace(&ns)?;
-    let doc = read_document(&headers, body, st.config.max_body_bytes).await?;
+    let mut doc = read_document(&headers, body, st.config.max_body_bytes).await?;
+    if kind == Kind::AgentRun {
+        apply_idempotency_header(&headers, &mut doc)?;
+    }
     let res = admit(kind, &ns, None, doc)?;
     let mut obj = res.to_value();
     strip_server_meta(&mut obj);
-    let stored = st.store.create(obj, resource_audit(request_actor(), actions::RESOURCE_CREATED)).await?;
-    Ok((StatusCode::CREATED, Json(stored)).into_response())
+    let desired_spec = obj.get("spec").cloned();
+    match st.store.create(obj, resource_audit(request_actor(), actions::RESOURCE_CREATED)).await {
+        Ok(stored) => Ok((StatusCode::CREATED, Json(stored)).into_response()),
+        Err(StoreError::IdempotencyKeyInUse { existing, idempotency_key }) => {
+            // The same key with the same spec is a retry: answer the run that exists. With a
+            // different spec it is a conflict.
+            let current = match st.store.get(&existing).await {
+                Ok(v) => v,
+                Err(StoreError::NotFound(_)) => {
+                    return Err(ApiError::new(
+                        ErrorCode::Conflict,
+                        "the run holding this idempotency key was just deleted; retry",
+                    )
+                    .with_field("spec.idempotencyKey"));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if current.get("spec") == desired_spec.as_ref() {
+                let mut body = current;
+                if let Some(o) = body.as_object_mut() {
+                    o.insert("idempotent".into(), Value::Bool(true));
+                }
+                let mut resp = (StatusCode::OK, Json(body)).into_response();
+                resp.headers_mut().insert(IDEMPOTENT_HEADER, HeaderValue::from_static("true"));
+                Ok(resp)
+            } else {
+                Err(StoreError::IdempotencyKeyInUse { existing, idempotency_key }.into())
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Header on a create answered from an existing run with the same idempotency key.
+pub const IDEMPOTENT_HEADER: &str = "x-agentplane-idempotent";
+
+/// `Idempotency-Key: K` sets `spec.idempotencyKey` (it must agree with the body's if both are
+/// given).
+fn apply_idempotency_header(headers: &HeaderMap, doc: &mut Value) -> Result<(), ApiError> {
+    let Some(h) = headers.get("idempotency-key") else { return Ok(()) };
+    let key = h.to_str().ok().map(str::trim).filter(|k| !k.is_empty()).ok_or_else(|| {
+        ApiError::invalid("the Idempotency-Key header must be non-empty text").with_field("spec.idempotencyKey")
+    })?;
+    let Some(spec) = doc.get_mut("spec").and_then(Value::as_object_mut) else { return Ok(()) };
+    match spec.get("idempotencyKey").and_then(Value::as_str) {
+        Some(existing) if existing != key => Err(field_err(
+            "spec.idempotencyKey",
+            Reason::InvalidValue,
+            format!("spec.idempotencyKey is {existing:?} but the Idempotency-Key header is {key:?}"),
+        )),
+        _ => {
+            spec.insert("idempotencyKey".into(), Value::String(key.to_string()));
+            Ok(())
+        }
+    }
 }
 
 pub async fn put(

@@ -473,3 +473,66 @@ async fn in_flight_requests_finish_during_graceful_shutdown() {
     assert_eq!(t2.get(&t2.item("default", "agents", "late")).await.0, 200);
     t2.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_submission() {
+    let t = TestServer::start().await;
+    let run = |name: Option<&str>, text: &str| {
+        let mut m = manifest("AgentRun", name.unwrap_or(""));
+        if name.is_none() {
+            m["metadata"].as_object_mut().unwrap().remove("name");
+            m["metadata"]["generateName"] = json!("run-");
+        }
+        m["spec"].as_object_mut().unwrap().remove("implementationSpecRef");
+        m["spec"]["implementation"] = json!({"inline": {"text": text}});
+        m
+    };
+    let submit = |body: Value, key: &'static str| {
+        let client = t.client.clone();
+        let url = t.coll("default", "agentruns");
+        async move {
+            let r = client.post(url).header("Idempotency-Key", key).json(&body).send().await.unwrap();
+            let status = r.status().as_u16();
+            let replayed = r.headers().get("x-agentplane-idempotent").is_some();
+            (status, replayed, r.json::<Value>().await.unwrap())
+        }
+    };
+    let (code, replayed, first) = submit(run(Some("first"), "say hi"), "k-1").await;
+    assert_eq!((code, replayed), (201, false), "{first}");
+    assert_eq!(first["spec"]["idempotencyKey"], "k-1", "the header sets spec.idempotencyKey");
+    // A retry with another name (or none) and the same spec: the existing run, idempotent.
+    for body in [run(Some("second"), "say hi"), run(None, "say hi")] {
+        let (code, replayed, again) = submit(body, "k-1").await;
+        assert_eq!((code, replayed), (200, true), "{again}");
+        assert_eq!(again["idempotent"], true);
+        assert_eq!(again["metadata"]["uid"], first["metadata"]["uid"]);
+    }
+    // The same key with a different spec: a conflict naming the key.
+    let (code, _, e) = submit(run(Some("third"), "say bye"), "k-1").await;
+    assert_eq!((code, e["code"].as_str(), e["field"].as_str()), (409, Some("Conflict"), Some("spec.idempotencyKey")));
+    assert_eq!(e["details"]["existing"]["name"], "first");
+    // Header and body disagree.
+    let mut body = run(Some("fourth"), "x");
+    body["spec"]["idempotencyKey"] = json!("other");
+    let (code, _, e) = submit(body, "k-2").await;
+    assert_eq!((code, e["field"].as_str()), (400, Some("spec.idempotencyKey")));
+    // The key cannot be changed by an apply.
+    let mut changed = first.clone();
+    changed["spec"]["idempotencyKey"] = json!("k-9");
+    changed["metadata"].as_object_mut().unwrap().remove("resourceVersion");
+    let (code, _, e) = t.put("default", "agentruns", "first", &changed).await;
+    assert_eq!((code, e["field"].as_str()), (400, Some("spec.idempotencyKey")), "{e}");
+
+    // Many clients, one key: exactly one run.
+    let tasks: Vec<_> = (0..16).map(|i| tokio::spawn(submit(run(Some(&format!("c-{i}")), "race"), "k-race"))).collect();
+    let mut uids = std::collections::BTreeSet::new();
+    for task in tasks {
+        let (code, _, v) = task.await.unwrap();
+        assert!(code == 201 || code == 200, "{code}: {v}");
+        uids.insert(v["metadata"]["uid"].as_str().unwrap().to_string());
+    }
+    assert_eq!(uids.len(), 1, "one run for one key");
+    let (_, list) = t.get(&format!("{}?fieldSelector=spec.idempotencyKey%3Dk-race", t.coll("default", "agentruns"))).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    t.stop().await;
+}

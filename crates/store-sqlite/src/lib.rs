@@ -204,6 +204,17 @@ impl Store for SqliteStore {
         self.reads.run(move |conn| read::get(conn, &key)).await
     }
 
+    async fn get_by_idempotency_key(
+        &self,
+        kind: agentplane_api::Kind,
+        namespace: &str,
+        idempotency_key: &str,
+    ) -> Result<Option<Value>, StoreError> {
+        self.check_open()?;
+        let (ns, k) = (namespace.to_string(), idempotency_key.to_string());
+        self.reads.run(move |conn| read::get_by_idempotency_key(conn, kind, &ns, &k)).await
+    }
+
     async fn list(&self, query: &ListQuery) -> Result<ObjectList, StoreError> {
         self.check_open()?;
         let query = query.clone();

@@ -96,6 +96,19 @@ pub(crate) fn get(conn: &mut Connection, key: &ObjectKey) -> Result<Value, Store
     parse_body(&body.ok_or_else(|| StoreError::NotFound(key.clone()))?)
 }
 
+pub(crate) fn get_by_idempotency_key(
+    conn: &mut Connection,
+    kind: agentplane_api::Kind,
+    namespace: &str,
+    key: &str,
+) -> Result<Option<Value>, StoreError> {
+    let body: Option<String> = conn
+        .prepare_cached("SELECT body FROM objects WHERE kind = ?1 AND namespace = ?2 AND idem_key = ?3")
+        .and_then(|mut s| s.query_row(params![kind.as_str(), namespace, key], |r| r.get(0)).optional())
+        .map_err(|e| sql_err("reading an object by idempotency key", e))?;
+    body.map(|b| parse_body(&b)).transpose()
+}
+
 pub(crate) fn revision(conn: &mut Connection) -> Result<Revision, StoreError> {
     meta_get(conn, META_REVISION)
 }

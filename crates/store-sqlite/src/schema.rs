@@ -71,6 +71,9 @@ const MIGRATIONS: &[&str] = &[
         seq  INTEGER PRIMARY KEY,
         body TEXT NOT NULL
     );",
+    // 3: idempotency keys (`spec.idempotencyKey`), unique per kind and namespace.
+    "ALTER TABLE objects ADD COLUMN idem_key TEXT;
+    CREATE UNIQUE INDEX objects_idem_key ON objects (kind, namespace, idem_key) WHERE idem_key IS NOT NULL;",
 ];
 
 /// The schema version this code writes.

@@ -334,14 +334,36 @@ fn create(conn: &Connection, mut obj: Value, revision: Revision) -> Result<Appli
     meta.insert("generation".into(), Value::from(1u64));
     meta.insert("creationTimestamp".into(), Value::String(now));
 
+    let idem_key = obj.pointer("/spec/idempotencyKey").and_then(Value::as_str).map(str::to_string);
+    if let Some(k) = &idem_key {
+        let holder: Option<String> = conn
+            .prepare_cached("SELECT name FROM objects WHERE kind = ?1 AND namespace = ?2 AND idem_key = ?3")
+            .and_then(|mut s| s.query_row(params![key.kind.as_str(), key.namespace, k], |r| r.get(0)).optional())
+            .map_err(|e| sql_err("looking up an idempotency key", e))?;
+        if let Some(name) = holder {
+            return Err(StoreError::IdempotencyKeyInUse {
+                existing: ObjectKey::new(key.kind, key.namespace.clone(), name),
+                idempotency_key: k.clone(),
+            });
+        }
+    }
     let body = serde_json::to_string(&obj).map_err(|e| json_err("encoding an object", e))?;
     let inserted = conn
         .prepare_cached(
-            "INSERT INTO objects (kind, namespace, name, uid, revision, phase, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+            "INSERT INTO objects (kind, namespace, name, uid, revision, phase, body, idem_key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (kind, namespace, name) DO NOTHING",
         )
         .and_then(|mut s| {
-            s.execute(params![key.kind.as_str(), key.namespace, key.name, uid, as_i64(revision), phase_of(&obj), body])
+            s.execute(params![
+                key.kind.as_str(),
+                key.namespace,
+                key.name,
+                uid,
+                as_i64(revision),
+                phase_of(&obj),
+                body,
+                idem_key
+            ])
         })
         .map_err(|e| sql_err("inserting an object", e))?;
     if inserted == 0 {

@@ -77,6 +77,7 @@ macro_rules! conformance_tests {
             ledger_append_and_query,
             ledger_survives_restart,
             ledger_checkpoints_round_trip,
+            idempotency_keys_are_unique_per_namespace,
         );
     };
     (@cases $make:expr; $($case:ident),+ $(,)?) => {
@@ -1164,5 +1165,46 @@ pub async fn ledger_checkpoints_round_trip(h: &dyn Harness) {
     let cps = store.checkpoints().await.expect("checkpoints");
     assert_eq!(cps.len(), 1);
     assert_eq!((cps[0].seq, cps[0].hash.as_str(), cps[0].signature.as_str()), (seq, hash.as_str(), "c2lnbmF0dXJl"));
+    store.close().await.expect("close");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idempotency keys
+
+pub async fn idempotency_keys_are_unique_per_namespace(h: &dyn Harness) {
+    let store = h.open().await;
+    let with_key = |ns: &str, name: &str, k: &str| object(Kind::AgentRun, ns, name, json!({"idempotencyKey": k}));
+    let first = create(store.as_ref(), with_key("ns1", "run-a", "key-1")).await;
+    match store.create(with_key("ns1", "run-b", "key-1"), audit("create")).await {
+        Err(StoreError::IdempotencyKeyInUse { existing, idempotency_key }) => {
+            assert_eq!(existing, key(Kind::AgentRun, "ns1", "run-a"));
+            assert_eq!(idempotency_key, "key-1");
+        }
+        other => panic!("a second create with the same key must fail naming the holder, got {other:?}"),
+    }
+    // Another namespace, or another kind, may use the same key.
+    create(store.as_ref(), with_key("ns2", "run-b", "key-1")).await;
+    create(store.as_ref(), object(Kind::Agent, "ns1", "agent", json!({"idempotencyKey": "key-1"}))).await;
+    let found = store.get_by_idempotency_key(Kind::AgentRun, "ns1", "key-1").await.expect("lookup");
+    assert_eq!(found.as_ref().map(|v| meta_str(v, "uid")), Some(meta_str(&first, "uid")));
+    assert!(store.get_by_idempotency_key(Kind::AgentRun, "ns1", "nope").await.expect("lookup").is_none());
+
+    // Concurrent creates with one key: exactly one wins.
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            store.create(with_key("ns3", &format!("dup-{i}"), "shared"), audit("create")).await.is_ok()
+        }));
+    }
+    let mut wins = 0;
+    for t in tasks {
+        wins += usize::from(t.await.expect("task"));
+    }
+    assert_eq!(wins, 1, "exactly one create per idempotency key");
+
+    // Deleting the holder frees the key.
+    store.delete(&key(Kind::AgentRun, "ns1", "run-a"), Precondition::None, audit("delete")).await.expect("delete");
+    create(store.as_ref(), with_key("ns1", "run-c", "key-1")).await;
     store.close().await.expect("close");
 }

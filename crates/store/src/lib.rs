@@ -212,6 +212,8 @@ pub enum StoreError {
     NotFound(ObjectKey),
     #[error("{0} already exists")]
     AlreadyExists(ObjectKey),
+    #[error("idempotency key {idempotency_key:?} is already used by {existing}")]
+    IdempotencyKeyInUse { existing: ObjectKey, idempotency_key: String },
     #[error(
         "{key} was modified: expected resourceVersion {expected}, the stored one is {actual}; get it again and retry"
     )]
@@ -253,6 +255,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Read one object.
     async fn get(&self, key: &ObjectKey) -> Result<Value, StoreError>;
+
+    /// The object of `kind` in `namespace` whose `spec.idempotencyKey` is `idempotency_key`.
+    /// Keys are unique per kind and namespace: `create` of a second object with a key in use fails
+    /// with [`StoreError::IdempotencyKeyInUse`] naming the holder; the key of an object never
+    /// changes after create.
+    async fn get_by_idempotency_key(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        idempotency_key: &str,
+    ) -> Result<Option<Value>, StoreError>;
 
     /// List objects of one kind, ordered by `(namespace, name)`, one page at a time.
     async fn list(&self, query: &ListQuery) -> Result<ObjectList, StoreError>;
