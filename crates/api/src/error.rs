@@ -36,6 +36,11 @@ pub enum Reason {
     ValueTooLarge,
     Duplicate,
     NamespaceMismatch,
+    MissingAgent,
+    MissingProvider,
+    MissingMemory,
+    MissingEnvironment,
+    SecretNotAllowed,
 }
 
 impl Reason {
@@ -68,6 +73,11 @@ impl Reason {
             Reason::ValueTooLarge => "ValueTooLarge",
             Reason::Duplicate => "Duplicate",
             Reason::NamespaceMismatch => "NamespaceMismatch",
+            Reason::MissingAgent => "MissingAgent",
+            Reason::MissingProvider => "MissingProvider",
+            Reason::MissingMemory => "MissingMemory",
+            Reason::MissingEnvironment => "MissingEnvironment",
+            Reason::SecretNotAllowed => "SecretNotAllowed",
         }
     }
 }

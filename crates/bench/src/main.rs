@@ -74,6 +74,9 @@ struct Opts {
     /// Turn the ledger off (to measure what recording every write costs).
     #[arg(long)]
     no_ledger: bool,
+    /// Send an `Idempotency-Key` header with every submission (api-create only).
+    #[arg(long)]
+    idempotency_keys: bool,
 }
 
 fn run_manifest(name: &str) -> Value {
@@ -231,6 +234,7 @@ fn report(scenario: &str, opts: &Opts, concurrency: usize, elapsed: Duration, hi
         "errors": errors,
         "synchronous": opts.synchronous,
         "ledger": !opts.no_ledger,
+        "idempotency_keys": opts.idempotency_keys,
         "seconds": (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
         "ops_per_sec": (hist.len() as f64 / elapsed.as_secs_f64()).round(),
         "latency_ms": {"p50": ms(0.50), "p95": ms(0.95), "p99": ms(0.99), "max": hist.max() as f64 / 1000.0},
@@ -313,14 +317,39 @@ async fn api_create(opts: Opts) -> Result<()> {
         let server = agentplane_server::start(config).await.context("starting the server")?;
         let url = format!("http://{}/api/v1/namespaces/bench/agentruns", server.addr);
         let client = reqwest::Client::builder().pool_max_idle_per_host(c).build()?;
+        // What the submitted runs reference must exist (admission resolves it).
+        let base = format!("http://{}/api/v1/namespaces/bench", server.addr);
+        for (plural, body) in [
+            (
+                "agentproviders",
+                json!({"kind": "AgentProvider", "metadata": {"name": "shell"}, "spec": {"binary": "/bin/true"}}),
+            ),
+            (
+                "agents",
+                json!({"kind": "Agent", "metadata": {"name": "shell-agent"}, "spec": {"providerRef": {"name": "shell"}}}),
+            ),
+            (
+                "implementationspecs",
+                json!({"kind": "ImplementationSpec", "metadata": {"name": "hello-world"}, "spec": {"text": "say hi"}}),
+            ),
+        ] {
+            let r = client.post(format!("{base}/{plural}")).json(&body).send().await?;
+            if r.status().as_u16() != 201 {
+                bail!("setting up {plural}: {}", r.text().await.unwrap_or_default());
+            }
+        }
         // Bodies are serialised before the clock starts: the client's work is not the server's.
         let bodies: Arc<Vec<Vec<u8>>> = Arc::new(
             (0..opts.ops).map(|i| serde_json::to_vec(&run_manifest(&format!("run-{i}")))).collect::<Result<_, _>>()?,
         );
+        let idem = opts.idempotency_keys;
         let (elapsed, hist, errors) = drive(opts.ops, c, move |i| {
             let (client, url, bodies) = (client.clone(), url.clone(), bodies.clone());
             async move {
-                let req = client.post(&url).header("content-type", "application/json").body(bodies[i].clone());
+                let mut req = client.post(&url).header("content-type", "application/json").body(bodies[i].clone());
+                if idem {
+                    req = req.header("idempotency-key", format!("submit-{i}"));
+                }
                 match req.send().await {
                     Ok(r) => r.status().as_u16() == 201,
                     Err(_) => false,

@@ -7,6 +7,7 @@
 //! `agentplane_store::Store`. It must not hold state that the store does not: any replica can
 //! serve any request.
 
+pub mod admission;
 pub mod body;
 pub mod config;
 pub mod error;

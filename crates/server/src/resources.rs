@@ -143,7 +143,10 @@ pub async fn apply(
     let updated = || resource_audit(actor.clone(), actions::RESOURCE_UPDATED);
     let (ns, name) = res.key();
     let key = ObjectKey::new(res.kind(), ns, name);
-    let mut desired = res.to_value();
+    // Runs are admitted (defaults from their Agent) before comparing, so that re-applying the
+    // same manifest is "unchanged".
+    let admitted = new_object(store, res).await?;
+    let mut desired = admitted.clone();
     strip_server_meta(&mut desired);
     if let Some(rv) = cas {
         let existing = store.get(&key).await?;
@@ -161,7 +164,7 @@ pub async fn apply(
     for _ in 0..8 {
         match store.get(&key).await {
             Err(StoreError::NotFound(_)) => {
-                match store.create(desired.clone(), resource_audit(actor.clone(), actions::RESOURCE_CREATED)).await {
+                match store.create(admitted.clone(), resource_audit(actor.clone(), actions::RESOURCE_CREATED)).await {
                     Ok(stored) => return Ok((ApplyResult::Created, stored)),
                     Err(e @ StoreError::AlreadyExists(_)) => last_err = Some(e),
                     Err(e) => return Err(e.into()),
@@ -189,6 +192,24 @@ pub async fn apply(
 
 fn changed_or_not(before: &Value, after: &Value) -> ApplyResult {
     if same_desired_state(before, after) { ApplyResult::Unchanged } else { ApplyResult::Configured }
+}
+
+/// The object to create for `res`: admitted (runs get references resolved, defaults and their
+/// initial status), server-owned metadata cleared.
+async fn new_object(store: &dyn Store, res: &AnyResource) -> Result<Value, ApiError> {
+    let mut res = res.clone();
+    crate::admission::admit_new(store, &mut res).await?;
+    let mut obj = res.to_value();
+    strip_server_meta_keep_status(&mut obj);
+    Ok(obj)
+}
+
+fn strip_server_meta_keep_status(v: &mut Value) {
+    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        for k in ["uid", "resourceVersion", "generation", "creationTimestamp"] {
+            m.remove(k);
+        }
+    }
 }
 
 fn strip_server_meta(v: &mut Value) {
@@ -262,9 +283,10 @@ pub async fn create(
     if kind == Kind::AgentRun {
         apply_idempotency_header(&headers, &mut doc)?;
     }
-    let res = admit(kind, &ns, None, doc)?;
+    let mut res = admit(kind, &ns, None, doc)?;
+    crate::admission::admit_new(st.store.as_ref(), &mut res).await?;
     let mut obj = res.to_value();
-    strip_server_meta(&mut obj);
+    strip_server_meta_keep_status(&mut obj);
     let desired_spec = obj.get("spec").cloned();
     match st.store.create(obj, resource_audit(request_actor(), actions::RESOURCE_CREATED)).await {
         Ok(stored) => Ok((StatusCode::CREATED, Json(stored)).into_response()),

@@ -6,13 +6,14 @@ mod common;
 use std::time::Duration;
 
 use agentplane_api::Kind;
-use common::{TestServer, manifest};
+use common::{TestServer, manifest, run_prerequisites};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_trip_every_kind() {
     let t = TestServer::start().await;
+    run_prerequisites(&t, "team-a").await;
     for kind in Kind::ALL {
         let plural = kind.plural();
         let m = manifest(kind.as_str(), "obj-1");
@@ -45,7 +46,7 @@ async fn round_trip_every_kind() {
         let (code, result, _) = t.put("team-a", plural, "obj-2", &manifest(kind.as_str(), "obj-2")).await;
         assert_eq!((code, result.as_deref()), (201, Some("created")), "{kind}");
 
-        let (code, list) = t.get(&t.coll("team-a", plural)).await;
+        let (code, list) = t.get(&format!("{}?labelSelector=app%3Dtest", t.coll("team-a", plural))).await;
         assert_eq!(code, 200);
         assert_eq!(list["kind"], format!("{}List", kind.as_str()));
         let names: Vec<&str> =
@@ -215,6 +216,8 @@ async fn errors_have_codes_fields_and_statuses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generate_name_and_pagination_and_all_namespaces() {
     let t = TestServer::start().await;
+    run_prerequisites(&t, "a").await;
+    run_prerequisites(&t, "b").await;
     for i in 0..7 {
         let mut m = manifest("AgentRun", "");
         m["metadata"].as_object_mut().unwrap().remove("name");
@@ -477,6 +480,7 @@ async fn in_flight_requests_finish_during_graceful_shutdown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_submission() {
     let t = TestServer::start().await;
+    run_prerequisites(&t, "default").await;
     let run = |name: Option<&str>, text: &str| {
         let mut m = manifest("AgentRun", name.unwrap_or(""));
         if name.is_none() {
@@ -532,7 +536,83 @@ async fn idempotent_submission() {
         uids.insert(v["metadata"]["uid"].as_str().unwrap().to_string());
     }
     assert_eq!(uids.len(), 1, "one run for one key");
-    let (_, list) = t.get(&format!("{}?fieldSelector=spec.idempotencyKey%3Dk-race", t.coll("default", "agentruns"))).await;
+    let (_, list) =
+        t.get(&format!("{}?fieldSelector=spec.idempotencyKey%3Dk-race", t.coll("default", "agentruns"))).await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_admission_resolves_references_and_defaults() {
+    let t = TestServer::start().await;
+    // Nothing exists yet: every missing reference is reported at once.
+    let mut m = manifest("AgentRun", "r1");
+    m["spec"]["environment"] = json!("prod");
+    m["spec"]["memoryRef"] = json!({"name": "mem"});
+    let (code, e) = t.post("default", "agentruns", &m).await;
+    assert_eq!((code, e["code"].as_str()), (400, Some("ValidationFailed")), "{e}");
+    let reasons: Vec<(&str, &str)> = e["details"]["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["field"].as_str().unwrap(), x["reason"].as_str().unwrap()))
+        .collect();
+    for want in [
+        ("spec.agentRef.name", "MissingAgent"),
+        ("spec.implementationSpecRef.name", "MissingImplementation"),
+        ("spec.memoryRef.name", "MissingMemory"),
+        ("spec.environment", "MissingEnvironment"),
+    ] {
+        assert!(reasons.contains(&want), "{want:?} in {reasons:?}");
+    }
+    assert_eq!(t.get(&t.item("default", "agentruns", "r1")).await.0, 404, "nothing half-written");
+
+    // An agent whose provider is missing; a secret the agent does not allow.
+    let mut agent = manifest("Agent", "a");
+    agent["spec"]["defaults"] = json!({"timeoutSeconds": 120, "retryLimit": 3});
+    agent["spec"]["security"] = json!({"allowedSecrets": ["token-a"]});
+    assert_eq!(t.post("default", "agents", &agent).await.0, 201);
+    assert_eq!(t.post("default", "implementationspecs", &manifest("ImplementationSpec", "s")).await.0, 201);
+    let mut m = manifest("AgentRun", "r2");
+    m["spec"]["secrets"] = json!(["token-a", "token-b"]);
+    let (code, e) = t.post("default", "agentruns", &m).await;
+    assert_eq!(code, 400, "{e}");
+    let errs = e["details"]["errors"].as_array().unwrap();
+    assert!(errs.iter().any(|x| x["reason"] == "MissingProvider"), "{e}");
+    assert!(errs.iter().any(|x| x["reason"] == "SecretNotAllowed" && x["field"] == "spec.secrets[1]"), "{e}");
+    assert!(!errs.iter().any(|x| x["field"] == "spec.secrets[0]"), "an allowed secret is fine: {e}");
+
+    // All resolved: Pending, Accepted, the Agent's defaults applied.
+    assert_eq!(t.post("default", "agentproviders", &manifest("AgentProvider", "shell")).await.0, 201);
+    let mut m = manifest("AgentRun", "r3");
+    m["spec"]["secrets"] = json!(["token-a"]);
+    let (code, run) = t.post("default", "agentruns", &m).await;
+    assert_eq!(code, 201, "{run}");
+    assert_eq!(run["status"]["phase"], "Pending");
+    assert_eq!(run["status"]["conditions"][0]["type"], "Accepted");
+    assert_eq!(run["status"]["conditions"][0]["status"], "True");
+    assert_eq!(run["spec"]["timeoutSeconds"], 120);
+    assert_eq!(run["spec"]["retryLimit"], 3);
+    // Re-applying the same manifest is unchanged (the defaults are not a change), and the
+    // status survives an apply that changes labels.
+    let (code, result, _) = t.put("default", "agentruns", "r3", &m).await;
+    assert_eq!((code, result.as_deref()), (200, Some("unchanged")));
+    let mut relabelled = m.clone();
+    relabelled["metadata"]["labels"]["x"] = json!("y");
+    let (_, result, v) = t.put("default", "agentruns", "r3", &relabelled).await;
+    assert_eq!(result.as_deref(), Some("configured"));
+    assert_eq!(v["status"]["phase"], "Pending");
+    // Runs created by apply are admitted the same way.
+    let (code, result, v) = t.put("default", "agentruns", "r4", &manifest("AgentRun", "r4")).await;
+    assert_eq!((code, result.as_deref()), (201, Some("created")));
+    assert_eq!(v["status"]["phase"], "Pending");
+    let (code, _, e) = t
+        .put("default", "agentruns", "r5", &{
+            let mut m = manifest("AgentRun", "r5");
+            m["spec"]["agentRef"]["name"] = json!("ghost");
+            m
+        })
+        .await;
+    assert_eq!((code, e["details"]["errors"][0]["reason"].as_str()), (400, Some("MissingAgent")));
     t.stop().await;
 }

@@ -90,6 +90,21 @@ impl TestServer {
     }
 }
 
+/// What runs in `ns` need to be admitted by the `manifest("AgentRun", …)`s: provider `shell`,
+/// agent `a`, spec `s` (created without the `app=test` label so label-filtered lists skip them).
+pub async fn run_prerequisites(t: &TestServer, ns: &str) {
+    for (kind, plural, name) in [
+        ("AgentProvider", "agentproviders", "shell"),
+        ("Agent", "agents", "a"),
+        ("ImplementationSpec", "implementationspecs", "s"),
+    ] {
+        let mut m = manifest(kind, name);
+        m["metadata"].as_object_mut().unwrap().remove("labels");
+        let (code, v) = t.post(ns, plural, &m).await;
+        assert_eq!(code, 201, "{v}");
+    }
+}
+
 /// A minimal valid manifest of each kind.
 pub fn manifest(kind: &str, name: &str) -> Value {
     let spec = match kind {
