@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use agentplane_api::Kind;
+pub use agentplane_api::wire::{APPLY_RESULT_HEADER, ApplyResult};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use reqwest::{Method, RequestBuilder, Response, Url};
 use serde_json::Value;
@@ -14,25 +15,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Streamed replies (ledger export) have no overall deadline, only one between reads.
 const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(60);
-const APPLY_RESULT_HEADER: &str = "x-agentplane-apply-result";
-
-/// What `PUT` did to an object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ApplyResult {
-    Created,
-    Configured,
-    Unchanged,
-}
-
-impl ApplyResult {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ApplyResult::Created => "created",
-            ApplyResult::Configured => "configured",
-            ApplyResult::Unchanged => "unchanged",
-        }
-    }
-}
 
 /// Query of one list request.
 #[derive(Debug, Clone, Default)]

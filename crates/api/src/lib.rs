@@ -16,6 +16,7 @@ pub mod resources;
 pub mod schema;
 pub mod selector;
 mod validate;
+pub mod wire;
 
 pub use error::{FieldError, Reason, ValidationErrors};
 pub use kind::{Kind, UnknownKind};

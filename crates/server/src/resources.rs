@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentplane_api::selector::{FieldSelector, LabelSelector};
+pub use agentplane_api::wire::{APPLY_RESULT_HEADER, ApplyResult};
 use agentplane_api::{API_VERSION, AnyResource, FieldError, Kind, Reason, ValidationErrors, decode};
 use agentplane_ledger::actions;
 use agentplane_store::{
@@ -25,27 +26,6 @@ use serde_json::{Value, json};
 use crate::AppState;
 use crate::body::read_document;
 use crate::error::{ApiError, ErrorCode};
-
-/// Header on PUT responses telling what apply did.
-pub const APPLY_RESULT_HEADER: &str = "x-agentplane-apply-result";
-
-/// What an apply did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ApplyResult {
-    Created,
-    Configured,
-    Unchanged,
-}
-
-impl ApplyResult {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ApplyResult::Created => "created",
-            ApplyResult::Configured => "configured",
-            ApplyResult::Unchanged => "unchanged",
-        }
-    }
-}
 
 /// Who a request acts as. Until authentication lands every request is anonymous; the ledger
 /// records it as such.
