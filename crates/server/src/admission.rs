@@ -39,13 +39,43 @@ async fn admit_run(store: &dyn Store, run: &mut AgentRun) -> Result<(), ApiError
     let ns = run.metadata.namespace_or_default().to_string();
     let mut errs = Vec::new();
     let agent_name = run.spec.agent_ref.name.clone();
-    let agent: Option<AgentSpec> = match exists(store, Kind::Agent, &ns, &agent_name).await? {
+    // Independent lookups run concurrently; the provider depends on the agent.
+    let spec_ref = run.spec.implementation_spec_ref.as_ref().map(|r| r.name.clone());
+    let env = run.spec.environment.clone();
+    let (agent_v, spec_v, env_v) = futures::join!(
+        exists(store, Kind::Agent, &ns, &agent_name),
+        async {
+            match &spec_ref {
+                Some(n) => exists(store, Kind::ImplementationSpec, &ns, n).await.map(Some),
+                None => Ok(None),
+            }
+        },
+        async {
+            match &env {
+                Some(n) => exists(store, Kind::Environment, &ns, n).await.map(Some),
+                None => Ok(None),
+            }
+        },
+    );
+    let agent: Option<AgentSpec> = match agent_v? {
         Some(v) => v.get("spec").cloned().and_then(|s| serde_json::from_value(s).ok()),
         None => {
             errs.push(missing("spec.agentRef.name", Reason::MissingAgent, Kind::Agent, &ns, &agent_name));
             None
         }
     };
+    if let (Some(name), Some(None)) = (&spec_ref, spec_v?) {
+        errs.push(missing(
+            "spec.implementationSpecRef.name",
+            Reason::MissingImplementation,
+            Kind::ImplementationSpec,
+            &ns,
+            name,
+        ));
+    }
+    if let (Some(name), Some(None)) = (&env, env_v?) {
+        errs.push(missing("spec.environment", Reason::MissingEnvironment, Kind::Environment, &ns, name));
+    }
     if let Some(agent) = &agent {
         let provider = &agent.provider_ref.name;
         if exists(store, Kind::AgentProvider, &ns, provider).await?.is_none() {
@@ -74,26 +104,10 @@ async fn admit_run(store: &dyn Store, run: &mut AgentRun) -> Result<(), ApiError
             run.spec.memory_ref = agent.memory_ref.clone();
         }
     }
-    if let Some(r) = &run.spec.implementation_spec_ref
-        && exists(store, Kind::ImplementationSpec, &ns, &r.name).await?.is_none()
-    {
-        errs.push(missing(
-            "spec.implementationSpecRef.name",
-            Reason::MissingImplementation,
-            Kind::ImplementationSpec,
-            &ns,
-            &r.name,
-        ));
-    }
     if let Some(m) = &run.spec.memory_ref
         && exists(store, Kind::Memory, &ns, &m.name).await?.is_none()
     {
         errs.push(missing("spec.memoryRef.name", Reason::MissingMemory, Kind::Memory, &ns, &m.name));
-    }
-    if let Some(env) = &run.spec.environment
-        && exists(store, Kind::Environment, &ns, env).await?.is_none()
-    {
-        errs.push(missing("spec.environment", Reason::MissingEnvironment, Kind::Environment, &ns, env));
     }
     if !errs.is_empty() {
         return Err(ValidationErrors(errs).into());
