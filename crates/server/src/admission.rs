@@ -10,14 +10,67 @@ use agentplane_api::{
 use agentplane_store::{ObjectKey, Store, StoreError};
 use chrono::Utc;
 use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::error::ApiError;
 
-async fn exists(store: &dyn Store, kind: Kind, ns: &str, name: &str) -> Result<Option<Value>, ApiError> {
-    match store.get(&ObjectKey::new(kind, ns, name)).await {
-        Ok(v) => Ok(Some(v)),
-        Err(StoreError::NotFound(_)) => Ok(None),
-        Err(e) => Err(e.into()),
+/// How long admission trusts a cached Agent, AgentProvider, ImplementationSpec, Memory or
+/// Environment. Writes through this server invalidate at once; the TTL bounds staleness from
+/// writers elsewhere (other replicas, later). Missing objects are never cached.
+pub const CACHE_TTL: Duration = Duration::from_secs(2);
+const CACHE_MAX_ENTRIES: usize = 10_000;
+
+/// A small read-through cache of the objects admission resolves, so that a submission does not
+/// pay 3–4 store reads. An invalidation bumps an epoch; a read that started before it never
+/// inserts its (possibly stale) result.
+#[derive(Debug, Default)]
+pub struct AdmissionCache {
+    inner: Mutex<CacheInner>,
+}
+
+#[derive(Debug, Default)]
+struct CacheInner {
+    epoch: u64,
+    entries: HashMap<ObjectKey, (Instant, Value)>,
+}
+
+impl AdmissionCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forget `key` (call after any write to it).
+    pub fn invalidate(&self, key: &ObjectKey) {
+        let mut c = self.lock();
+        c.epoch += 1;
+        c.entries.remove(key);
+    }
+
+    async fn get(&self, store: &dyn Store, key: ObjectKey) -> Result<Option<Value>, ApiError> {
+        let epoch = {
+            let c = self.lock();
+            if let Some((at, v)) = c.entries.get(&key)
+                && at.elapsed() < CACHE_TTL
+            {
+                return Ok(Some(v.clone()));
+            }
+            c.epoch
+        };
+        let v = match store.get(&key).await {
+            Ok(v) => v,
+            Err(StoreError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut c = self.lock();
+        if c.epoch == epoch {
+            if c.entries.len() >= CACHE_MAX_ENTRIES {
+                c.entries.clear();
+            }
+            c.entries.insert(key, (Instant::now(), v.clone()));
+        }
+        Ok(Some(v))
     }
 }
 
@@ -29,13 +82,23 @@ fn missing(field: &str, reason: Reason, kind: Kind, ns: &str, name: &str) -> Fie
     )
 }
 
-/// Resolve and default a new AgentRun in place. Other kinds pass through untouched.
-pub async fn admit_new(store: &dyn Store, res: &mut AnyResource) -> Result<(), ApiError> {
-    let AnyResource::AgentRun(run) = res else { return Ok(()) };
-    admit_run(store, run).await
+async fn exists(
+    cache: &AdmissionCache,
+    store: &dyn Store,
+    kind: Kind,
+    ns: &str,
+    name: &str,
+) -> Result<Option<Value>, ApiError> {
+    cache.get(store, ObjectKey::new(kind, ns, name)).await
 }
 
-async fn admit_run(store: &dyn Store, run: &mut AgentRun) -> Result<(), ApiError> {
+/// Resolve and default a new AgentRun in place. Other kinds pass through untouched.
+pub async fn admit_new(store: &dyn Store, cache: &AdmissionCache, res: &mut AnyResource) -> Result<(), ApiError> {
+    let AnyResource::AgentRun(run) = res else { return Ok(()) };
+    admit_run(store, cache, run).await
+}
+
+async fn admit_run(store: &dyn Store, cache: &AdmissionCache, run: &mut AgentRun) -> Result<(), ApiError> {
     let ns = run.metadata.namespace_or_default().to_string();
     let mut errs = Vec::new();
     let agent_name = run.spec.agent_ref.name.clone();
@@ -43,16 +106,16 @@ async fn admit_run(store: &dyn Store, run: &mut AgentRun) -> Result<(), ApiError
     let spec_ref = run.spec.implementation_spec_ref.as_ref().map(|r| r.name.clone());
     let env = run.spec.environment.clone();
     let (agent_v, spec_v, env_v) = futures::join!(
-        exists(store, Kind::Agent, &ns, &agent_name),
+        exists(cache, store, Kind::Agent, &ns, &agent_name),
         async {
             match &spec_ref {
-                Some(n) => exists(store, Kind::ImplementationSpec, &ns, n).await.map(Some),
+                Some(n) => exists(cache, store, Kind::ImplementationSpec, &ns, n).await.map(Some),
                 None => Ok(None),
             }
         },
         async {
             match &env {
-                Some(n) => exists(store, Kind::Environment, &ns, n).await.map(Some),
+                Some(n) => exists(cache, store, Kind::Environment, &ns, n).await.map(Some),
                 None => Ok(None),
             }
         },
@@ -78,7 +141,7 @@ async fn admit_run(store: &dyn Store, run: &mut AgentRun) -> Result<(), ApiError
     }
     if let Some(agent) = &agent {
         let provider = &agent.provider_ref.name;
-        if exists(store, Kind::AgentProvider, &ns, provider).await?.is_none() {
+        if exists(cache, store, Kind::AgentProvider, &ns, provider).await?.is_none() {
             let mut e = missing("spec.agentRef.name", Reason::MissingProvider, Kind::AgentProvider, &ns, provider);
             e.message = format!("agent {agent_name:?} uses {}", e.message);
             errs.push(e);
@@ -105,7 +168,7 @@ async fn admit_run(store: &dyn Store, run: &mut AgentRun) -> Result<(), ApiError
         }
     }
     if let Some(m) = &run.spec.memory_ref
-        && exists(store, Kind::Memory, &ns, &m.name).await?.is_none()
+        && exists(cache, store, Kind::Memory, &ns, &m.name).await?.is_none()
     {
         errs.push(missing("spec.memoryRef.name", Reason::MissingMemory, Kind::Memory, &ns, &m.name));
     }

@@ -53,6 +53,7 @@ pub async fn load_dir(store: &dyn Store, dir: &Path) -> Result<LoadReport, Strin
         ));
     }
     let mut report = LoadReport::default();
+    let cache = crate::admission::AdmissionCache::default();
     for file in files {
         let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
         for (i, doc) in documents(&text).map_err(|e| format!("{}: {e}", file.display()))?.into_iter().enumerate() {
@@ -69,7 +70,7 @@ pub async fn load_dir(store: &dyn Store, dir: &Path) -> Result<LoadReport, Strin
                 .to_string();
             let name = doc.pointer("/metadata/name").and_then(Value::as_str).map(str::to_string);
             let res = admit(kind, &ns, name.as_deref(), doc).map_err(|e| format!("{}: {}", at(), e.message))?;
-            let (result, _) = apply(store, &res, None, &Actor::system("dev-examples"))
+            let (result, _) = apply(store, &cache, &res, None, &Actor::system("dev-examples"))
                 .await
                 .map_err(|e| format!("{}: {}", at(), e.message))?;
             match result {

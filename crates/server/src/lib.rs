@@ -40,6 +40,8 @@ use error::{ApiError, ErrorCode};
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub config: Arc<Config>,
+    /// Objects admission resolves, cached briefly (see `admission::AdmissionCache`).
+    pub admission_cache: admission::AdmissionCache,
     /// Signs ledger checkpoints; its public half is served for verification.
     pub ledger_key: Arc<agentplane_ledger::LedgerKey>,
     /// Flips to `true` when shutdown starts; long-lived streams end on it.
@@ -221,7 +223,13 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         Duration::from_secs(config.ledger.anomaly_scan_interval_seconds),
         rx.clone(),
     ));
-    let state = Arc::new(AppState { store: store.clone(), config: Arc::new(config), ledger_key, shutdown: rx.clone() });
+    let state = Arc::new(AppState {
+        store: store.clone(),
+        config: Arc::new(config),
+        ledger_key,
+        admission_cache: admission::AdmissionCache::default(),
+        shutdown: rx.clone(),
+    });
     let app = router(state);
     let mut stop = rx.clone();
     let task = tokio::spawn(async move {

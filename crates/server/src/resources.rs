@@ -24,6 +24,7 @@ use futures::{Stream, StreamExt};
 use serde_json::{Value, json};
 
 use crate::AppState;
+use crate::admission::AdmissionCache;
 use crate::body::read_document;
 use crate::error::{ApiError, ErrorCode};
 
@@ -116,6 +117,7 @@ pub fn admit(kind: Kind, namespace: &str, url_name: Option<&str>, mut value: Val
 /// object; without, an upsert that reports created / configured / unchanged.
 pub async fn apply(
     store: &dyn Store,
+    cache: &AdmissionCache,
     res: &AnyResource,
     cas: Option<Revision>,
     actor: &Actor,
@@ -125,7 +127,7 @@ pub async fn apply(
     let key = ObjectKey::new(res.kind(), ns, name);
     // Runs are admitted (defaults from their Agent) before comparing, so that re-applying the
     // same manifest is "unchanged".
-    let admitted = new_object(store, res).await?;
+    let admitted = new_object(store, cache, res).await?;
     let mut desired = admitted.clone();
     strip_server_meta(&mut desired);
     if let Some(rv) = cas {
@@ -176,9 +178,9 @@ fn changed_or_not(before: &Value, after: &Value) -> ApplyResult {
 
 /// The object to create for `res`: admitted (runs get references resolved, defaults and their
 /// initial status), server-owned metadata cleared.
-async fn new_object(store: &dyn Store, res: &AnyResource) -> Result<Value, ApiError> {
+async fn new_object(store: &dyn Store, cache: &AdmissionCache, res: &AnyResource) -> Result<Value, ApiError> {
     let mut res = res.clone();
-    crate::admission::admit_new(store, &mut res).await?;
+    crate::admission::admit_new(store, cache, &mut res).await?;
     let mut obj = res.to_value();
     strip_server_meta_keep_status(&mut obj);
     Ok(obj)
@@ -264,11 +266,17 @@ pub async fn create(
         apply_idempotency_header(&headers, &mut doc)?;
     }
     let mut res = admit(kind, &ns, None, doc)?;
-    crate::admission::admit_new(st.store.as_ref(), &mut res).await?;
+    crate::admission::admit_new(st.store.as_ref(), &st.admission_cache, &mut res).await?;
     let mut obj = res.to_value();
     strip_server_meta_keep_status(&mut obj);
     let desired_spec = obj.get("spec").cloned();
-    match st.store.create(obj, resource_audit(request_actor(), actions::RESOURCE_CREATED)).await {
+    let created = st.store.create(obj, resource_audit(request_actor(), actions::RESOURCE_CREATED)).await;
+    if let Ok(v) = &created
+        && let Ok(key) = ObjectKey::of(v)
+    {
+        st.admission_cache.invalidate(&key);
+    }
+    match created {
         Ok(stored) => Ok((StatusCode::CREATED, Json(stored)).into_response()),
         Err(StoreError::IdempotencyKeyInUse { existing, idempotency_key }) => {
             // The same key with the same spec is a retry: answer the run that exists. With a
@@ -349,7 +357,9 @@ pub async fn put(
         }
     };
     let res = admit(kind, &ns, Some(&name), doc)?;
-    let (result, stored) = apply(st.store.as_ref(), &res, cas, &request_actor()).await?;
+    let applied = apply(st.store.as_ref(), &st.admission_cache, &res, cas, &request_actor()).await;
+    st.admission_cache.invalidate(&ObjectKey::new(kind, ns.clone(), name.clone()));
+    let (result, stored) = applied?;
     let status = if result == ApplyResult::Created { StatusCode::CREATED } else { StatusCode::OK };
     let mut resp = (status, Json(stored)).into_response();
     resp.headers_mut().insert(APPLY_RESULT_HEADER, HeaderValue::from_static(result.as_str()));
@@ -389,7 +399,10 @@ pub async fn delete(
         }
     }
     let audit = resource_audit(request_actor(), actions::RESOURCE_DELETED);
-    let obj = st.store.delete(&ObjectKey::new(kind, ns, name), pre, audit).await?;
+    let key = ObjectKey::new(kind, ns, name);
+    let deleted = st.store.delete(&key, pre, audit).await;
+    st.admission_cache.invalidate(&key);
+    let obj = deleted?;
     Ok(Json(obj).into_response())
 }
 

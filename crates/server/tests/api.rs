@@ -614,5 +614,9 @@ async fn run_admission_resolves_references_and_defaults() {
         })
         .await;
     assert_eq!((code, e["details"]["errors"][0]["reason"].as_str()), (400, Some("MissingAgent")));
+    // Admission caches what it resolves, but a delete through the API is seen at once.
+    assert_eq!(t.delete("default", "agents", "a").await.0, 200);
+    let (code, e) = t.post("default", "agentruns", &manifest("AgentRun", "r6")).await;
+    assert_eq!((code, e["details"]["errors"][0]["reason"].as_str()), (400, Some("MissingAgent")), "{e}");
     t.stop().await;
 }
