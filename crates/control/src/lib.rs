@@ -5,10 +5,12 @@
 //! cluster caps, oldest first, and why the others are blocked. [`retry_delay`] and
 //! [`next_retry_at`] compute when a failed attempt may be retried.
 //!
-//! It must not do I/O: no store, no runtime, no clocks (callers pass `now`), no randomness (callers
-//! pass the jitter sample), no async, no logging. The wiring that reads the store on taking the
-//! lease, writes `Running` / `Blocked` and the ledger entries, and starts runtimes lives elsewhere.
-//! The design is in `docs/scheduler.md`.
+//! The cores ([`scheduler`], [`backoff`]) must not do I/O: no store, no runtime, no clocks
+//! (callers pass `now`), no randomness (callers pass the jitter sample), no async, no logging.
+//! The one exception is the experimental [`controller`] module, kept apart from them: the minimal
+//! wiring that rebuilds the scheduler from the store, follows its watch, starts runs on the local
+//! runtime and writes `Running` / `Blocked` / terminal phases with their ledger entries. The
+//! design is in `docs/scheduler.md`.
 //!
 //! ```
 //! use agentplane_control::{Caps, CapKind, OrderKey, QueuedRun, RunKey, Scheduler};
@@ -30,6 +32,7 @@
 //! ```
 
 pub mod backoff;
+pub mod controller;
 pub mod scheduler;
 
 pub use backoff::{BackoffPolicy, next_retry_at, retry_delay};

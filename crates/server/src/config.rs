@@ -46,6 +46,10 @@ pub struct ServerArgs {
     /// Sign a ledger checkpoint at least this often when there are new entries [default: 60]
     #[arg(long, value_name = "SECONDS")]
     pub ledger_checkpoint_interval_seconds: Option<u64>,
+    /// Experimental: run the controller that starts admitted runs on the local runtime
+    /// [default: off]
+    #[arg(long)]
+    pub controller: bool,
 }
 
 /// How SQLite syncs commits to disk.
@@ -101,6 +105,15 @@ impl Default for LedgerConfig {
     }
 }
 
+/// Run controller settings (`[controller]` in the file).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControllerConfig {
+    /// Experimental: dispatch admitted AgentRuns to the local runtime and record their outcome.
+    /// Off by default: without it runs stay `Pending`.
+    pub enabled: bool,
+}
+
 /// The effective configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -116,6 +129,7 @@ pub struct Config {
     pub shutdown_grace_seconds: u64,
     pub store: StoreConfig,
     pub ledger: LedgerConfig,
+    pub controller: ControllerConfig,
     /// Benchmarks only: do not record writes in the ledger (never settable from a file, the
     /// environment or a flag).
     #[serde(skip)]
@@ -135,6 +149,7 @@ impl Default for Config {
             shutdown_grace_seconds: 30,
             store: StoreConfig::default(),
             ledger: LedgerConfig::default(),
+            controller: ControllerConfig::default(),
             bench_disable_ledger: false,
         }
     }
@@ -161,6 +176,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("AGENTPLANE_LEDGER_CHECKPOINT_EVERY_ENTRIES", "ledger.checkpoint_every_entries"),
     ("AGENTPLANE_LEDGER_CHECKPOINT_INTERVAL_SECONDS", "ledger.checkpoint_interval_seconds"),
     ("AGENTPLANE_LEDGER_ANOMALY_SCAN_INTERVAL_SECONDS", "ledger.anomaly_scan_interval_seconds"),
+    ("AGENTPLANE_CONTROLLER_ENABLED", "controller.enabled"),
 ];
 
 fn parse<T: std::str::FromStr>(var: &str, v: &str) -> Result<T, ConfigError> {
@@ -216,6 +232,7 @@ impl Config {
                 "AGENTPLANE_LEDGER_CHECKPOINT_INTERVAL_SECONDS" => {
                     c.ledger.checkpoint_interval_seconds = parse(var, v)?
                 }
+                "AGENTPLANE_CONTROLLER_ENABLED" => c.controller.enabled = parse_bool(var, v)?,
                 _ => {}
             }
         }
@@ -248,6 +265,9 @@ impl Config {
         }
         if let Some(v) = args.ledger_checkpoint_interval_seconds {
             c.ledger.checkpoint_interval_seconds = v;
+        }
+        if args.controller {
+            c.controller.enabled = true;
         }
         c.check()?;
         Ok(c)
@@ -334,6 +354,34 @@ mod tests {
 
         let e = Config::load(&ServerArgs::default(), &env(&[("AGENTPLANE_LSTEN", "x")])).unwrap_err().to_string();
         assert!(e.contains("AGENTPLANE_LSTEN"), "{e}");
+    }
+
+    #[test]
+    fn controller_is_off_by_default_and_layered() {
+        let c = Config::load(&ServerArgs::default(), &env(&[])).unwrap();
+        assert!(!c.controller.enabled);
+
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[controller]\nenabled = true\n").unwrap();
+        let args = ServerArgs { config: Some(f.clone()), ..Default::default() };
+        assert!(Config::load(&args, &env(&[])).unwrap().controller.enabled);
+        // The environment overrides the file.
+        let c = Config::load(&args, &env(&[("AGENTPLANE_CONTROLLER_ENABLED", "false")])).unwrap();
+        assert!(!c.controller.enabled);
+        // The flag overrides both.
+        let args = ServerArgs { controller: true, ..args };
+        assert!(Config::load(&args, &env(&[("AGENTPLANE_CONTROLLER_ENABLED", "false")])).unwrap().controller.enabled);
+        let c = Config::load(&ServerArgs::default(), &env(&[("AGENTPLANE_CONTROLLER_ENABLED", "1")])).unwrap();
+        assert!(c.controller.enabled);
+
+        let e = Config::load(&ServerArgs::default(), &env(&[("AGENTPLANE_CONTROLLER_ENABLED", "maybe")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("AGENTPLANE_CONTROLLER_ENABLED"), "{e}");
+        std::fs::write(&f, "[controller]\nenabeld = true\n").unwrap();
+        let e = Config::load(&ServerArgs { config: Some(f), ..Default::default() }, &env(&[])).unwrap_err().to_string();
+        assert!(e.contains("enabeld"), "{e}");
     }
 
     #[test]

@@ -223,6 +223,14 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         Duration::from_secs(config.ledger.anomaly_scan_interval_seconds),
         rx.clone(),
     ));
+    let controller = config.controller.enabled.then(|| {
+        tracing::info!("experimental run controller enabled");
+        tokio::spawn(agentplane_control::controller::run_controller(
+            store.clone(),
+            agentplane_control::controller::ControllerConfig::new(config.data_dir.clone()),
+            rx.clone(),
+        ))
+    });
     let state = Arc::new(AppState {
         store: store.clone(),
         config: Arc::new(config),
@@ -252,6 +260,9 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         };
         // The checkpointer signs a last checkpoint when it sees shutdown; wait for it.
         let _ = scanner.await;
+        if let Some(c) = controller {
+            let _ = c.await;
+        }
         let _ = checkpointer.await;
         store.close().await?;
         tracing::info!("store flushed and closed");
