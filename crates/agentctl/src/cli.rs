@@ -17,6 +17,9 @@ Exit codes:
   6  server unreachable (connection refused, timed out)
   7  server error (5xx)
   8  ledger verification failed (an entry, link or checkpoint signature does not verify)
+  9  run failed ('run wait', 'run submit --wait': the AgentRun ended Failed)
+  10 run cancelled ('run wait', 'run submit --wait': the AgentRun ended Cancelled)
+  11 wait timed out ('run wait --timeout', 'run submit --wait --wait-timeout')
 
 Environment:
   AGENTCTL_SERVER     server URL (overrides the config file; --server overrides it)
@@ -101,6 +104,8 @@ pub enum Command {
     /// Delete resources by name
     #[command(after_help = "Example:\n  agentctl delete run my-run other-run")]
     Delete(DeleteArgs),
+    /// Submit, wait for, show and list agent runs
+    Run(RunArgs),
     /// Verify, query, export and summarise the tamper-evident ledger
     Ledger(LedgerArgs),
     /// Print the client and server versions
@@ -177,6 +182,163 @@ pub struct DeleteArgs {
 
 #[derive(Debug, Args)]
 pub struct VersionArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(subcommand)]
+    pub command: RunCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunCommand {
+    /// Submit an AgentRun (POST; idempotent with --idempotency-key), optionally waiting for it
+    #[command(after_help = concat!(
+        "With --wait: exit 0 when the run Succeeded, 9 when it Failed, 10 when it was Cancelled, \
+         11 when --wait-timeout passed.\n\n",
+        "Examples:\n  agentctl run submit --agent hello --text \"say hi\" --wait\n  \
+         agentctl run submit --agent coder --impl fix-bug --param issue=42 --idempotency-key fix-42\n  \
+         agentctl run submit --agent coder --file task.md --timeout 30m --retry-limit 2 -o name"
+    ))]
+    Submit(RunSubmitArgs),
+    /// Wait until a run ends; exit 0 only when it Succeeded
+    #[command(after_help = concat!(
+        "Exit codes: 0 when the run Succeeded, 9 when it Failed, 10 when it was Cancelled, \
+         11 when the wait timed out (3 if the run does not exist).\n\n",
+        "Example:\n  agentctl run wait my-run --timeout 10m"
+    ))]
+    Wait(RunWaitArgs),
+    /// Show one run (like 'get agentrun NAME')
+    #[command(after_help = "Example:\n  agentctl run get my-run -o yaml")]
+    Get(RunGetArgs),
+    /// List runs, optionally by phase and agent (like 'get agentruns')
+    #[command(after_help = "Examples:\n  agentctl run list --phase Running\n  agentctl run list --agent coder -A")]
+    List(RunListArgs),
+}
+
+/// A duration flag: `<number><unit>` pairs with units s, m, h, d, w (`90s`, `30m`, `1h30m`).
+pub fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
+    crate::ledger::parse_duration(s)
+        .and_then(|d| d.to_std().ok())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{s:?} is not a duration such as 90s, 30m, 2h or 1h30m"))
+}
+
+/// A `--param k=v` flag.
+pub fn parse_param(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("task").required(true).args(["implementation", "text", "file"])))]
+pub struct RunSubmitArgs {
+    /// The Agent that runs the task
+    #[arg(long, value_name = "AGENT")]
+    pub agent: String,
+    /// The task by reference: the name of an ImplementationSpec
+    #[arg(long = "impl", value_name = "NAME")]
+    pub implementation: Option<String>,
+    /// The task inline, as text
+    #[arg(long, value_name = "TEXT")]
+    pub text: Option<String>,
+    /// The task inline, read from a file (e.g. a Markdown spec)
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// A parameter for the agent's templates; repeatable
+    #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_param)]
+    pub params: Vec<(String, String)>,
+    /// Resubmitting with the same key (and the same spec) answers the existing run
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+    /// The Environment to run in
+    #[arg(long, value_name = "ENV")]
+    pub environment: Option<String>,
+    /// Time limit of one attempt (90s, 30m, 2h) [default: the Agent's]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub timeout: Option<std::time::Duration>,
+    /// Retries of retryable failures [default: the Agent's]
+    #[arg(long, value_name = "N")]
+    pub retry_limit: Option<u32>,
+    /// Name of the run [default: generated from the agent's name]
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Then wait until the run ends, as 'run wait' does
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up waiting after this long (exit 11) [default: wait until the run ends]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg, requires = "wait")]
+    pub wait_timeout: Option<std::time::Duration>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RunWaitArgs {
+    /// Name of the run
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Give up after this long (exit 11) [default: wait until the run ends]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub timeout: Option<std::time::Duration>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RunGetArgs {
+    /// Name of the run
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// A run phase, as `--phase` takes it (any case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PhaseArg {
+    #[value(name = "Pending")]
+    Pending,
+    #[value(name = "Running")]
+    Running,
+    #[value(name = "Succeeded")]
+    Succeeded,
+    #[value(name = "Failed")]
+    Failed,
+    #[value(name = "Cancelled")]
+    Cancelled,
+}
+
+impl PhaseArg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PhaseArg::Pending => "Pending",
+            PhaseArg::Running => "Running",
+            PhaseArg::Succeeded => "Succeeded",
+            PhaseArg::Failed => "Failed",
+            PhaseArg::Cancelled => "Cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RunListArgs {
+    /// Only runs in this phase
+    #[arg(long, value_enum, ignore_case = true, value_name = "PHASE")]
+    pub phase: Option<PhaseArg>,
+    /// Only runs of this Agent
+    #[arg(long, value_name = "AGENT")]
+    pub agent: Option<String>,
+    /// Label selector, e.g. 'team=a'
+    #[arg(short = 'l', long, value_name = "SELECTOR")]
+    pub selector: Option<String>,
+    /// List across all namespaces
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }

@@ -16,6 +16,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Streamed replies (ledger export) have no overall deadline, only one between reads.
 const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Request header that sets `spec.idempotencyKey` of a submitted AgentRun.
+const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+/// Reply header of a submission answered from an existing run with the same key.
+const IDEMPOTENT_HEADER: &str = "x-agentplane-idempotent";
+
 /// Query of one list request.
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {
@@ -198,6 +203,33 @@ impl Client {
             None => ApplyResult::Configured,
         };
         Ok((result, self.json(resp).await?))
+    }
+
+    /// `POST` = create, with an `Idempotency-Key` header when given. Returns whether the server
+    /// answered an existing run for the key (`200`, `"idempotent": true`) and the object.
+    pub async fn create(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        body: &Value,
+        idempotency_key: Option<&str>,
+    ) -> Result<(bool, Value), CliError> {
+        let bytes =
+            serde_json::to_vec(body).map_err(|e| CliError::Other(format!("cannot encode the document: {e}")))?;
+        let mut req = self
+            .request(Method::POST, self.collection_url(kind, Some(namespace)))
+            .header(CONTENT_TYPE, "application/json")
+            .body(bytes);
+        if let Some(key) = idempotency_key {
+            let value = HeaderValue::from_str(key)
+                .map_err(|_| CliError::Invalid(format!("idempotency key {key:?} is not valid in an HTTP header")))?;
+            req = req.header(IDEMPOTENCY_KEY_HEADER, value);
+        }
+        let resp = self.send(req).await?;
+        let replay_header = resp.headers().get(IDEMPOTENT_HEADER).and_then(|v| v.to_str().ok()) == Some("true");
+        let obj = self.json(resp).await?;
+        let idempotent = replay_header || obj.get("idempotent").and_then(Value::as_bool) == Some(true);
+        Ok((idempotent, obj))
     }
 
     /// Deletes the object and returns its last state.

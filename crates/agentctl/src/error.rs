@@ -18,6 +18,12 @@ pub enum Exit {
     Server = 7,
     /// `ledger verify` found an entry, link or checkpoint that does not verify.
     LedgerBroken = 8,
+    /// The AgentRun waited for ended `Failed`.
+    RunFailed = 9,
+    /// The AgentRun waited for ended `Cancelled`.
+    RunCancelled = 10,
+    /// `run wait --timeout` (or `run submit --wait --wait-timeout`) passed before the run ended.
+    WaitTimedOut = 11,
 }
 
 impl Exit {
@@ -151,6 +157,9 @@ pub enum CliError {
     NotFound { kind: String, name: String, namespace: String },
     #[error("{0}")]
     Other(String),
+    /// A wait for a run gave up before the run ended.
+    #[error("timed out after {after} waiting for agentrun/{name} (phase {phase})")]
+    WaitTimedOut { name: String, after: String, phase: String },
     /// stdout was closed by the reader (e.g. `| head`): exit quietly.
     #[error("broken pipe")]
     BrokenPipe,
@@ -164,6 +173,7 @@ impl CliError {
             CliError::Invalid(_) => Exit::Invalid,
             CliError::NotFound { .. } => Exit::NotFound,
             CliError::Other(_) => Exit::Other,
+            CliError::WaitTimedOut { .. } => Exit::WaitTimedOut,
             CliError::BrokenPipe => Exit::Ok,
         }
     }

@@ -54,7 +54,7 @@ pub fn parse_time_arg(s: &str) -> Result<TimeArg, String> {
     })
 }
 
-fn parse_duration(s: &str) -> Option<chrono::Duration> {
+pub(crate) fn parse_duration(s: &str) -> Option<chrono::Duration> {
     let mut total: i64 = 0;
     let mut digits = String::new();
     let mut any = false;

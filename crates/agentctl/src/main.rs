@@ -1,4 +1,4 @@
-//! `agentctl`: the agentplane CLI (apply, get, describe, delete, ledger, version, completion) and the
+//! `agentctl`: the agentplane CLI (apply, get, describe, delete, run, ledger, version, completion) and the
 //! server (`agentctl server`). This binary owns argument parsing, client configuration, the
 //! HTTP client and all printing; it must not implement server logic (that is
 //! `agentplane-server`'s).
@@ -11,12 +11,13 @@ mod error;
 mod ledger;
 mod manifest;
 mod output;
+mod run;
 
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 
-use crate::cli::{Cli, ClientArgs, Command, LedgerCommand, OutputFormat};
+use crate::cli::{Cli, ClientArgs, Command, LedgerCommand, OutputFormat, RunCommand};
 use crate::commands::Ctx;
 use crate::config::{ProcessEnv, Settings};
 use crate::error::{CliError, Exit};
@@ -52,6 +53,12 @@ fn main() -> ExitCode {
         Command::Get(a) => client(top.merged(&a.client), |ctx| Box::pin(commands::get(ctx, a))),
         Command::Describe(a) => client(top.merged(&a.client), |ctx| Box::pin(commands::describe(ctx, a))),
         Command::Delete(a) => client(top.merged(&a.client), |ctx| Box::pin(commands::delete(ctx, a))),
+        Command::Run(r) => match r.command {
+            RunCommand::Submit(a) => client(top.merged(&a.client), |ctx| Box::pin(run::submit(ctx, a))),
+            RunCommand::Wait(a) => client(top.merged(&a.client), |ctx| Box::pin(run::wait(ctx, a))),
+            RunCommand::Get(a) => client(top.merged(&a.client), |ctx| Box::pin(run::get(ctx, a))),
+            RunCommand::List(a) => client(top.merged(&a.client), |ctx| Box::pin(run::list(ctx, a))),
+        },
         Command::Ledger(l) => {
             let flags = match &l.command {
                 LedgerCommand::Verify(a) => top.merged(&a.client),

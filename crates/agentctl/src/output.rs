@@ -372,6 +372,88 @@ pub fn ledger_summary(s: &Summary) -> String {
     out
 }
 
+// ---------------------------------------------------------------------------------------------
+// Runs
+
+/// `status.phase` of a run; a run without one is `Pending`.
+pub fn run_phase(obj: &Value) -> &str {
+    obj.pointer("/status/phase").and_then(Value::as_str).filter(|p| !p.is_empty()).unwrap_or("Pending")
+}
+
+/// The condition of type `kind` in `status.conditions`.
+fn condition<'a>(obj: &'a Value, kind: &str) -> Option<&'a Value> {
+    obj.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|cs| cs.iter().find(|c| c.get("type").and_then(Value::as_str) == Some(kind)))
+}
+
+/// `Reason: message` of a condition, on one line (either part may be missing).
+fn reason_message(c: &Value) -> Option<String> {
+    let reason = c.get("reason").and_then(Value::as_str).filter(|s| !s.is_empty());
+    let message = c.get("message").and_then(Value::as_str).filter(|s| !s.is_empty());
+    let text = match (reason, message) {
+        (Some(r), Some(m)) => format!("{r}: {m}"),
+        (Some(r), None) => r.to_string(),
+        (None, Some(m)) => m.to_string(),
+        (None, None) => return None,
+    };
+    Some(truncate(&one_line(&text), 200))
+}
+
+/// `agentrun/<name> submitted`, or `... already submitted (idempotent)` for a replay.
+pub fn run_submitted(name: &str, idempotent: bool) -> String {
+    if idempotent {
+        format!("{} already submitted (idempotent)", kind_name(Kind::AgentRun, name))
+    } else {
+        format!("{} submitted", kind_name(Kind::AgentRun, name))
+    }
+}
+
+/// The final line of a wait: `agentrun/<name> Succeeded (exit code 0)`, or with the reason of a
+/// run that did not succeed: `agentrun/<name> Failed (exit code 3; NonZeroExit: ...)`.
+pub fn run_result(obj: &Value) -> String {
+    let phase = run_phase(obj);
+    let mut parts = Vec::new();
+    if let Some(code) = obj.pointer("/status/exitCode").and_then(Value::as_i64) {
+        parts.push(format!("exit code {code}"));
+    }
+    if phase != "Succeeded"
+        && let Some(text) = condition(obj, phase).or_else(|| condition(obj, "Failed")).and_then(reason_message)
+    {
+        parts.push(text);
+    }
+    let mut line = format!("{} {}", kind_name(Kind::AgentRun, name_of(obj)), one_line(phase));
+    if !parts.is_empty() {
+        line.push_str(&format!(" ({})", parts.join("; ")));
+    }
+    line
+}
+
+/// A progress line of a wait (stderr, on a terminal): the phase, the attempt, a pending retry or
+/// the reason a run is blocked.
+pub fn run_progress(obj: &Value) -> String {
+    let phase = run_phase(obj);
+    let mut line = format!("{}: {}", kind_name(Kind::AgentRun, name_of(obj)), one_line(phase));
+    let mut parts = Vec::new();
+    if let Some(attempt) = obj.pointer("/status/attempt").and_then(Value::as_u64).filter(|&a| a > 0) {
+        parts.push(format!("attempt {attempt}"));
+    }
+    if phase == "Pending" {
+        if let Some(at) = obj.pointer("/status/nextRetryAt").and_then(Value::as_str) {
+            parts.push(format!("retry at {}", one_line(at)));
+        }
+        if let Some(c) = condition(obj, "Blocked").filter(|c| c.get("status").and_then(Value::as_str) == Some("True"))
+            && let Some(text) = reason_message(c)
+        {
+            parts.push(format!("blocked: {text}"));
+        }
+    }
+    if !parts.is_empty() {
+        line.push_str(&format!(" ({})", parts.join(", ")));
+    }
+    line
+}
+
 const LABEL_WIDTH: usize = 18;
 
 fn field(out: &mut String, label: &str, value: &str) {
@@ -515,6 +597,27 @@ mod tests {
              x           a-long-name   Running   coder   5s\n\
              yy          b             <none>    c       2h\n"
         );
+    }
+
+    #[test]
+    fn run_lines() {
+        let ok = json!({"metadata": {"name": "r"}, "status": {"phase": "Succeeded", "exitCode": 0,
+                        "conditions": [{"type": "Succeeded", "status": "True", "reason": "Completed"}]}});
+        assert_eq!(run_result(&ok), "agentrun/r Succeeded (exit code 0)");
+        let failed = json!({"metadata": {"name": "r"}, "status": {"phase": "Failed", "exitCode": 3,
+                            "conditions": [{"type": "Failed", "status": "True", "reason": "NonZeroExit",
+                                            "message": "the agent exited\nwith 3"}]}});
+        assert_eq!(run_result(&failed), "agentrun/r Failed (exit code 3; NonZeroExit: the agent exited with 3)");
+        let cancelled = json!({"metadata": {"name": "r"}, "status": {"phase": "Cancelled"}});
+        assert_eq!(run_result(&cancelled), "agentrun/r Cancelled");
+        let pending = json!({"metadata": {"name": "r"}});
+        assert_eq!(run_progress(&pending), "agentrun/r: Pending");
+        let blocked = json!({"metadata": {"name": "r"}, "status": {"phase": "Pending", "attempt": 1,
+                             "conditions": [{"type": "Blocked", "status": "True", "reason": "ConcurrencyLimit",
+                                             "message": "agent cap 5"}]}});
+        assert_eq!(run_progress(&blocked), "agentrun/r: Pending (attempt 1, blocked: ConcurrencyLimit: agent cap 5)");
+        assert_eq!(run_submitted("r", false), "agentrun/r submitted");
+        assert_eq!(run_submitted("r", true), "agentrun/r already submitted (idempotent)");
     }
 
     #[test]
