@@ -466,12 +466,17 @@ fn template_context(spec: &RunSpec, dir: &Path) -> Value {
         "implementation": implementation,
         "parameters": spec.parameters,
         "memory": spec.memory,
-        "workspace": {
-            "path": dir.join("workspace"),
-            "repository": spec.workspace.as_ref().map(|w| &w.repository),
-            "ref": spec.workspace.as_ref().and_then(|w| w.ref_.as_ref()),
-        },
+        "workspace": workspace_json(spec, dir),
         "gateway": {"url": spec.gateway_url},
+    })
+}
+
+/// The `workspace` object templates and `agent-runner.json` both show.
+fn workspace_json(spec: &RunSpec, dir: &Path) -> Value {
+    json!({
+        "path": dir.join("workspace"),
+        "repository": spec.workspace.as_ref().map(|w| &w.repository),
+        "ref": spec.workspace.as_ref().and_then(|w| w.ref_.as_ref()),
     })
 }
 
@@ -489,11 +494,7 @@ fn runner_spec(spec: &RunSpec, dir: &Path) -> Value {
         "implementation": spec.implementation,
         "parameters": spec.parameters,
         "memory": spec.memory,
-        "workspace": {
-            "path": dir.join("workspace"),
-            "repository": spec.workspace.as_ref().map(|w| &w.repository),
-            "ref": spec.workspace.as_ref().and_then(|w| w.ref_.as_ref()),
-        },
+        "workspace": workspace_json(spec, dir),
         "gateway": {"url": spec.gateway_url},
         "artifacts": {"dir": dir.join("artifacts"), "outputs": spec.provider.output_artifacts},
         "timeoutSeconds": spec.timeout_seconds,
