@@ -540,12 +540,57 @@ pub struct AgentRunStatus {
     /// The change gate's verdict.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change: Option<Value>,
+    /// Per-step status of a `spec.workflow` run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workflow: Option<Value>,
+    pub workflow: Option<WorkflowStatus>,
+    /// When a cancel was asked for a running run (the controller then stops it and ends it
+    /// `Cancelled`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+    /// Who asked for the cancel (`user:alice`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_requested_by: Option<String>,
+    /// The agent's output exceeded the log cap: `.agent/runner.log` holds its tail only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub log_truncated: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// Status of a multi-step run: one entry per `spec.workflow.steps[]`, in order.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkflowStatus {
+    /// Index of the step running or next to run; absent once the run is finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_step: Option<u32>,
+    #[serde(default)]
+    pub steps: Vec<StepStatus>,
+}
+
+/// Status of one workflow step.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StepStatus {
+    pub name: String,
+    pub phase: RunPhase,
+    /// Attempts of this step so far (1 for the first).
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_retry_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

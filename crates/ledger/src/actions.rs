@@ -26,6 +26,12 @@ pub const RUN_RETRIED: &str = "run.retried";
 pub const RUN_FINISHED: &str = "run.finished";
 /// A run was cancelled. Recorded by the cancellation handler, actor = who cancelled.
 pub const RUN_CANCELLED: &str = "run.cancelled";
+/// A cancel was asked for a running run (the controller then stops it and records
+/// `run.finished` with phase `Cancelled`). Recorded by the cancellation handler, actor = who asked.
+pub const RUN_CANCEL_REQUESTED: &str = "run.cancel_requested";
+/// A pending run is held back by a concurrency cap (`params.cap` names it). Recorded by the
+/// scheduler (actor: system), once per time the run becomes blocked.
+pub const RUN_BLOCKED: &str = "run.blocked";
 
 /// The policy engine decided on an action (`decision`: allow, require_approval, suggest_only,
 /// deny). Recorded by the governance layer, actor = the agent or user whose action was evaluated.
@@ -84,6 +90,8 @@ pub const ALL: &[&str] = &[
     RUN_RETRIED,
     RUN_FINISHED,
     RUN_CANCELLED,
+    RUN_CANCEL_REQUESTED,
+    RUN_BLOCKED,
     POLICY_DECIDED,
     APPROVAL_REQUESTED,
     APPROVAL_DECIDED,

@@ -270,7 +270,8 @@ pub async fn create(
     let mut obj = res.to_value();
     strip_server_meta_keep_status(&mut obj);
     let desired_spec = obj.get("spec").cloned();
-    let created = st.store.create(obj, resource_audit(request_actor(), actions::RESOURCE_CREATED)).await;
+    let action = if kind == Kind::AgentRun { actions::RUN_SUBMITTED } else { actions::RESOURCE_CREATED };
+    let created = st.store.create(obj, resource_audit(request_actor(), action)).await;
     if let Ok(v) = &created
         && let Ok(key) = ObjectKey::of(v)
     {

@@ -496,6 +496,9 @@ fn record_change(
     if audit.namespace.is_none() {
         audit.namespace = Some(key.namespace.clone());
     }
+    if audit.run.is_none() && key.kind == agentplane_api::Kind::AgentRun {
+        audit.run = Some(key.name.clone());
+    }
     audit.target = Some(Target { kind: key.kind.as_str().to_string(), namespace: key.namespace, name: key.name, uid });
     seal_and_insert(conn, audit, chain)?;
     Ok(applied)
