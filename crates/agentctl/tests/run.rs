@@ -24,7 +24,7 @@ fn shell_agent(s: &TestServer, agent: &str, script: &str) {
 
 #[test]
 fn submit_creates_a_pending_run_that_list_filters() {
-    let s = TestServer::start();
+    let s = TestServer::start_with(&["--no-controller"]);
     shell_agent(&s, "hello", "echo hi");
 
     let out = s.ctl(&["run", "submit", "--agent", "hello", "--text", "say hi", "--name", "r1"]);
@@ -98,7 +98,7 @@ fn a_missing_agent_is_invalid_input() {
 
 #[test]
 fn wait_on_a_pending_run_times_out() {
-    let s = TestServer::start();
+    let s = TestServer::start_with(&["--no-controller"]);
     shell_agent(&s, "hello", "echo hi");
     let out = s.ctl(&["run", "submit", "--agent", "hello", "--text", "say hi", "--name", "stuck"]);
     assert_eq!(out.code, 0, "{out:?}");
@@ -113,7 +113,7 @@ fn wait_on_a_pending_run_times_out() {
 
 #[test]
 fn submit_and_wait_with_the_controller() {
-    let s = TestServer::start_with(&["--controller"]);
+    let s = TestServer::start();
     shell_agent(&s, "hello", "echo hi");
     shell_agent(&s, "broken", "exit 3");
 

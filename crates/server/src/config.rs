@@ -46,10 +46,13 @@ pub struct ServerArgs {
     /// Sign a ledger checkpoint at least this often when there are new entries [default: 60]
     #[arg(long, value_name = "SECONDS")]
     pub ledger_checkpoint_interval_seconds: Option<u64>,
-    /// Experimental: run the controller that starts admitted runs on the local runtime
-    /// [default: off]
-    #[arg(long)]
+    /// Run the controller that starts admitted runs (the default; overrides a config file or
+    /// environment that turned it off)
+    #[arg(long, conflicts_with = "no_controller")]
     pub controller: bool,
+    /// Do not run the controller: admitted runs stay Pending (for a read-only replica or tests)
+    #[arg(long)]
+    pub no_controller: bool,
 }
 
 /// How SQLite syncs commits to disk.
@@ -106,12 +109,76 @@ impl Default for LedgerConfig {
 }
 
 /// Run controller settings (`[controller]` in the file).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControllerConfig {
-    /// Experimental: dispatch admitted AgentRuns to the local runtime and record their outcome.
-    /// Off by default: without it runs stay `Pending`.
+    /// Dispatch admitted AgentRuns to their runtime and record their outcome. On by default;
+    /// without it runs stay `Pending`.
     pub enabled: bool,
+    /// Runs in flight per Agent when the Agent sets no `maxInFlight`.
+    pub agent_max_in_flight: u32,
+    /// Runs in flight per namespace.
+    pub namespace_max_in_flight: u32,
+    /// Runs in flight in the whole cluster.
+    pub cluster_max_in_flight: u32,
+    /// Delay before the first retry (seconds; doubles per attempt).
+    pub retry_base_seconds: f64,
+    /// Longest delay between retries (seconds).
+    pub retry_max_seconds: f64,
+    /// Relative jitter of retry delays, 0 to 1 (0.2 = ±20 %).
+    pub retry_jitter: f64,
+    /// How often running attempts are checked and delayed retries released (milliseconds).
+    pub tick_millis: u64,
+    /// How long the controller's leader lease lasts without renewal (seconds).
+    pub lease_seconds: u64,
+    /// Between SIGTERM and SIGKILL when a run is cancelled or times out (seconds).
+    pub grace_seconds: u64,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            enabled: true,
+            agent_max_in_flight: 5,
+            namespace_max_in_flight: 10,
+            cluster_max_in_flight: 100,
+            retry_base_seconds: 5.0,
+            retry_max_seconds: 300.0,
+            retry_jitter: 0.2,
+            tick_millis: 100,
+            lease_seconds: 15,
+            grace_seconds: 10,
+        }
+    }
+}
+
+/// Retention of finished runs and their files (`[retention]` in the file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Run the background sweeper.
+    pub enabled: bool,
+    /// Finished AgentRuns older than this (by `finishedAt`) are deleted (days).
+    pub runs_days: f64,
+    /// Logs, artifacts and workspaces of runs finished longer ago than this are removed (days).
+    pub logs_days: f64,
+    /// How often the sweeper runs (seconds).
+    pub sweep_interval_seconds: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig { enabled: true, runs_days: 30.0, logs_days: 7.0, sweep_interval_seconds: 3600 }
+    }
+}
+
+/// Where secret values come from (`[secrets]` in the file).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    /// A folder holding one file per secret (`<dir>/<name>`, or `<dir>/<name>/<key>`), readable
+    /// only by the server's user. Default: `<data_dir>/secrets`.
+    pub dir: Option<PathBuf>,
 }
 
 /// The effective configuration.
@@ -130,6 +197,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub ledger: LedgerConfig,
     pub controller: ControllerConfig,
+    pub retention: RetentionConfig,
+    pub secrets: SecretsConfig,
     /// Benchmarks only: do not record writes in the ledger (never settable from a file, the
     /// environment or a flag).
     #[serde(skip)]
@@ -150,6 +219,8 @@ impl Default for Config {
             store: StoreConfig::default(),
             ledger: LedgerConfig::default(),
             controller: ControllerConfig::default(),
+            retention: RetentionConfig::default(),
+            secrets: SecretsConfig::default(),
             bench_disable_ledger: false,
         }
     }
@@ -177,6 +248,15 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("AGENTPLANE_LEDGER_CHECKPOINT_INTERVAL_SECONDS", "ledger.checkpoint_interval_seconds"),
     ("AGENTPLANE_LEDGER_ANOMALY_SCAN_INTERVAL_SECONDS", "ledger.anomaly_scan_interval_seconds"),
     ("AGENTPLANE_CONTROLLER_ENABLED", "controller.enabled"),
+    ("AGENTPLANE_CONTROLLER_AGENT_MAX_IN_FLIGHT", "controller.agent_max_in_flight"),
+    ("AGENTPLANE_CONTROLLER_NAMESPACE_MAX_IN_FLIGHT", "controller.namespace_max_in_flight"),
+    ("AGENTPLANE_CONTROLLER_CLUSTER_MAX_IN_FLIGHT", "controller.cluster_max_in_flight"),
+    ("AGENTPLANE_CONTROLLER_RETRY_BASE_SECONDS", "controller.retry_base_seconds"),
+    ("AGENTPLANE_CONTROLLER_RETRY_MAX_SECONDS", "controller.retry_max_seconds"),
+    ("AGENTPLANE_RETENTION_ENABLED", "retention.enabled"),
+    ("AGENTPLANE_RETENTION_RUNS_DAYS", "retention.runs_days"),
+    ("AGENTPLANE_RETENTION_LOGS_DAYS", "retention.logs_days"),
+    ("AGENTPLANE_SECRETS_DIR", "secrets.dir"),
 ];
 
 fn parse<T: std::str::FromStr>(var: &str, v: &str) -> Result<T, ConfigError> {
@@ -233,6 +313,17 @@ impl Config {
                     c.ledger.checkpoint_interval_seconds = parse(var, v)?
                 }
                 "AGENTPLANE_CONTROLLER_ENABLED" => c.controller.enabled = parse_bool(var, v)?,
+                "AGENTPLANE_CONTROLLER_AGENT_MAX_IN_FLIGHT" => c.controller.agent_max_in_flight = parse(var, v)?,
+                "AGENTPLANE_CONTROLLER_NAMESPACE_MAX_IN_FLIGHT" => {
+                    c.controller.namespace_max_in_flight = parse(var, v)?
+                }
+                "AGENTPLANE_CONTROLLER_CLUSTER_MAX_IN_FLIGHT" => c.controller.cluster_max_in_flight = parse(var, v)?,
+                "AGENTPLANE_CONTROLLER_RETRY_BASE_SECONDS" => c.controller.retry_base_seconds = parse(var, v)?,
+                "AGENTPLANE_CONTROLLER_RETRY_MAX_SECONDS" => c.controller.retry_max_seconds = parse(var, v)?,
+                "AGENTPLANE_RETENTION_ENABLED" => c.retention.enabled = parse_bool(var, v)?,
+                "AGENTPLANE_RETENTION_RUNS_DAYS" => c.retention.runs_days = parse(var, v)?,
+                "AGENTPLANE_RETENTION_LOGS_DAYS" => c.retention.logs_days = parse(var, v)?,
+                "AGENTPLANE_SECRETS_DIR" => c.secrets.dir = Some(PathBuf::from(v)),
                 _ => {}
             }
         }
@@ -269,6 +360,9 @@ impl Config {
         if args.controller {
             c.controller.enabled = true;
         }
+        if args.no_controller {
+            c.controller.enabled = false;
+        }
         c.check()?;
         Ok(c)
     }
@@ -302,6 +396,44 @@ impl Config {
             return Err(ConfigError(format!(
                 "store.event_history = {} is too small; use at least 1000",
                 self.store.event_history
+            )));
+        }
+        let ctl = &self.controller;
+        for (name, v) in [
+            ("controller.agent_max_in_flight", ctl.agent_max_in_flight),
+            ("controller.namespace_max_in_flight", ctl.namespace_max_in_flight),
+            ("controller.cluster_max_in_flight", ctl.cluster_max_in_flight),
+        ] {
+            if v == 0 {
+                return Err(ConfigError(format!("{name} = 0 would never start a run; use at least 1")));
+            }
+        }
+        let finite_pos = |v: f64| v.is_finite() && v > 0.0;
+        if !finite_pos(ctl.retry_base_seconds) || !finite_pos(ctl.retry_max_seconds) {
+            return Err(ConfigError(format!(
+                "controller.retry_base_seconds = {} and controller.retry_max_seconds = {} must be positive numbers",
+                ctl.retry_base_seconds, ctl.retry_max_seconds
+            )));
+        }
+        if ctl.retry_max_seconds < ctl.retry_base_seconds {
+            return Err(ConfigError(format!(
+                "controller.retry_max_seconds = {} is less than controller.retry_base_seconds = {}",
+                ctl.retry_max_seconds, ctl.retry_base_seconds
+            )));
+        }
+        if !(0.0..=1.0).contains(&ctl.retry_jitter) {
+            return Err(ConfigError(format!("controller.retry_jitter = {} must be between 0 and 1", ctl.retry_jitter)));
+        }
+        if ctl.tick_millis == 0 || ctl.tick_millis > 60_000 || ctl.lease_seconds < 2 {
+            return Err(ConfigError(
+                "controller.tick_millis must be 1 to 60000 and controller.lease_seconds at least 2".into(),
+            ));
+        }
+        let r = &self.retention;
+        if !finite_pos(r.runs_days) || !finite_pos(r.logs_days) || r.sweep_interval_seconds == 0 {
+            return Err(ConfigError(format!(
+                "retention.runs_days = {}, retention.logs_days = {} and retention.sweep_interval_seconds = {} must be positive",
+                r.runs_days, r.logs_days, r.sweep_interval_seconds
             )));
         }
         Ok(())
@@ -357,15 +489,27 @@ mod tests {
     }
 
     #[test]
-    fn controller_is_off_by_default_and_layered() {
+    fn controller_is_on_by_default_and_layered() {
         let c = Config::load(&ServerArgs::default(), &env(&[])).unwrap();
-        assert!(!c.controller.enabled);
+        assert!(c.controller.enabled);
+        assert_eq!(
+            (c.controller.agent_max_in_flight, c.controller.namespace_max_in_flight, c.controller.cluster_max_in_flight),
+            (5, 10, 100)
+        );
+        let off = ServerArgs { no_controller: true, ..Default::default() };
+        assert!(!Config::load(&off, &env(&[])).unwrap().controller.enabled);
 
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
-        std::fs::write(&f, "[controller]\nenabled = true\n").unwrap();
+        std::fs::write(&f, "[controller]\nenabled = true\nnamespace_max_in_flight = 3\n").unwrap();
         let args = ServerArgs { config: Some(f.clone()), ..Default::default() };
-        assert!(Config::load(&args, &env(&[])).unwrap().controller.enabled);
+        let c = Config::load(&args, &env(&[])).unwrap();
+        assert!(c.controller.enabled);
+        assert_eq!(c.controller.namespace_max_in_flight, 3);
+        let c = Config::load(&args, &env(&[("AGENTPLANE_CONTROLLER_NAMESPACE_MAX_IN_FLIGHT", "7")])).unwrap();
+        assert_eq!(c.controller.namespace_max_in_flight, 7);
+        let e = Config::load(&args, &env(&[("AGENTPLANE_CONTROLLER_CLUSTER_MAX_IN_FLIGHT", "0")])).unwrap_err();
+        assert!(e.to_string().contains("cluster_max_in_flight"), "{e}");
         // The environment overrides the file.
         let c = Config::load(&args, &env(&[("AGENTPLANE_CONTROLLER_ENABLED", "false")])).unwrap();
         assert!(!c.controller.enabled);

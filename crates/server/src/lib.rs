@@ -224,10 +224,10 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         rx.clone(),
     ));
     let controller = config.controller.enabled.then(|| {
-        tracing::info!("experimental run controller enabled");
+        tracing::info!("run controller enabled");
         tokio::spawn(agentplane_control::controller::run_controller(
             store.clone(),
-            agentplane_control::controller::ControllerConfig::new(config.data_dir.clone()),
+            controller_config(&config),
             rx.clone(),
         ))
     });
@@ -303,4 +303,22 @@ pub async fn run(args: ServerArgs) -> Result<(), ServerError> {
     let server = start(config).await?;
     wait_for_signal().await;
     server.shutdown().await
+}
+
+/// The controller's settings from the server's `[controller]` section.
+pub fn controller_config(config: &Config) -> agentplane_control::controller::ControllerConfig {
+    let c = &config.controller;
+    let mut cfg = agentplane_control::controller::ControllerConfig::new(config.data_dir.clone());
+    cfg.caps = agentplane_control::Caps {
+        per_namespace: c.namespace_max_in_flight,
+        cluster: c.cluster_max_in_flight,
+        default_per_agent: c.agent_max_in_flight,
+    };
+    cfg.backoff = agentplane_control::BackoffPolicy {
+        base: Duration::from_secs_f64(c.retry_base_seconds),
+        max: Duration::from_secs_f64(c.retry_max_seconds),
+        jitter: c.retry_jitter,
+    };
+    cfg.tick = Duration::from_millis(c.tick_millis);
+    cfg
 }

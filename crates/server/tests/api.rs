@@ -552,7 +552,7 @@ async fn idempotent_submission() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_admission_resolves_references_and_defaults() {
-    let t = TestServer::start().await;
+    let t = TestServer::start_with(|c| c.controller.enabled = false).await; // runs must stay Pending
     // Nothing exists yet: every missing reference is reported at once.
     let mut m = manifest("AgentRun", "r1");
     m["spec"]["environment"] = json!("prod");
