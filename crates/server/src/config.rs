@@ -493,7 +493,11 @@ mod tests {
         let c = Config::load(&ServerArgs::default(), &env(&[])).unwrap();
         assert!(c.controller.enabled);
         assert_eq!(
-            (c.controller.agent_max_in_flight, c.controller.namespace_max_in_flight, c.controller.cluster_max_in_flight),
+            (
+                c.controller.agent_max_in_flight,
+                c.controller.namespace_max_in_flight,
+                c.controller.cluster_max_in_flight
+            ),
             (5, 10, 100)
         );
         let off = ServerArgs { no_controller: true, ..Default::default() };

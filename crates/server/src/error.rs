@@ -114,6 +114,10 @@ impl From<StoreError> for ApiError {
                 ApiError::new(ErrorCode::InvalidRequest, message).with_field("continue")
             }
             StoreError::InvalidObject(_) => ApiError::new(ErrorCode::InvalidRequest, message),
+            StoreError::Fenced { .. } => {
+                tracing::warn!(error = %message, "fenced write");
+                ApiError::new(ErrorCode::Unavailable, "this server no longer leads; retry later")
+            }
             StoreError::Unavailable { .. } | StoreError::Closed => {
                 tracing::error!(error = %message, "store unavailable");
                 ApiError::new(ErrorCode::Unavailable, "the store is unavailable; retry later")

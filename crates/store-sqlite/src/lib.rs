@@ -40,15 +40,15 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use agentplane_store::{
-    Checkpoint, Entry, EntryDraft, LedgerPage, LedgerQuery, ListQuery, ObjectKey, ObjectList, Precondition, Revision,
-    Store, StoreError, WatchEvent, WatchQuery, WatchStream,
+    Checkpoint, Entry, EntryDraft, Lease, LedgerPage, LedgerQuery, ListQuery, ObjectKey, ObjectList, Precondition,
+    Revision, Store, StoreError, WatchEvent, WatchQuery, WatchStream,
 };
 use async_trait::async_trait;
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::read::{ReadPool, lock};
-use crate::writer::{Command, Op, Writer};
+use crate::writer::{Command, LeaseOp, Op, Writer};
 
 /// The schema version (`PRAGMA user_version`) this code migrates databases to.
 pub use crate::schema::SCHEMA_VERSION;
@@ -222,7 +222,35 @@ impl Store for SqliteStore {
     }
 
     async fn update(&self, obj: Value, precondition: Precondition, audit: EntryDraft) -> Result<Value, StoreError> {
-        self.write(Op::Update(obj, precondition, audit)).await
+        self.write(Op::Update(obj, precondition, audit, None)).await
+    }
+
+    async fn update_fenced(
+        &self,
+        obj: Value,
+        precondition: Precondition,
+        audit: EntryDraft,
+        fence: &Lease,
+    ) -> Result<Value, StoreError> {
+        self.write(Op::Update(obj, precondition, audit, Some(fence.clone()))).await
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        let op = LeaseOp::Acquire { name: name.to_string(), holder: holder.to_string(), ttl };
+        lease_reply(self.write_output(Op::Lease(op)).await?.object)
+    }
+
+    async fn renew_lease(&self, lease: &Lease, ttl: std::time::Duration) -> Result<Option<Lease>, StoreError> {
+        lease_reply(self.write_output(Op::Lease(LeaseOp::Renew { lease: lease.clone(), ttl })).await?.object)
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.write_output(Op::Lease(LeaseOp::Release { lease: lease.clone() })).await.map(|_| ())
     }
 
     async fn delete(
@@ -309,4 +337,11 @@ impl Store for SqliteStore {
         tracing::info!(path = %self.path.display(), "closed sqlite store");
         result
     }
+}
+
+fn lease_reply(v: Value) -> Result<Option<Lease>, StoreError> {
+    if v.is_null() {
+        return Ok(None);
+    }
+    serde_json::from_value(v).map(Some).map_err(|e| StoreError::unavailable("sqlite: decoding a lease", e))
 }

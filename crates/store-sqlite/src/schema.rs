@@ -74,6 +74,13 @@ const MIGRATIONS: &[&str] = &[
     // 3: idempotency keys (`spec.idempotencyKey`), unique per kind and namespace.
     "ALTER TABLE objects ADD COLUMN idem_key TEXT;
     CREATE UNIQUE INDEX objects_idem_key ON objects (kind, namespace, idem_key) WHERE idem_key IS NOT NULL;",
+    // 4: leader leases (`Store::acquire_lease`); times in microseconds since the epoch.
+    "CREATE TABLE leases (
+        name          TEXT    PRIMARY KEY,
+        holder        TEXT    NOT NULL,
+        epoch         INTEGER NOT NULL,
+        expires_at_us INTEGER NOT NULL
+    );",
 ];
 
 /// The schema version this code writes.

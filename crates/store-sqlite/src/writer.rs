@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use agentplane_api::DEFAULT_NAMESPACE;
 use agentplane_store::{
-    Checkpoint, Entry, EntryDraft, EventType, ObjectKey, Precondition, Revision, StoreError, Target, WatchEvent,
+    Checkpoint, Entry, EntryDraft, EventType, Lease, ObjectKey, Precondition, Revision, StoreError, Target, WatchEvent,
     revision_of,
 };
 use rusqlite::{Connection, OptionalExtension, params};
@@ -47,12 +47,22 @@ pub(crate) struct Command {
 #[derive(Debug)]
 pub(crate) enum Op {
     Create(Value, EntryDraft),
-    Update(Value, Precondition, EntryDraft),
+    Update(Value, Precondition, EntryDraft, Option<Lease>),
+    /// Lease operations; the reply's object is the lease as JSON, or `null` when not granted.
+    Lease(LeaseOp),
     Delete(ObjectKey, Precondition, EntryDraft),
     /// Ledger entries with no state change; the reply is the sealed entries as a JSON array.
     Append(Vec<EntryDraft>),
     /// A signed checkpoint; the reply is `null`.
     Checkpoint(Checkpoint),
+}
+
+/// A lease operation (see `Store::acquire_lease`).
+#[derive(Debug)]
+pub(crate) enum LeaseOp {
+    Acquire { name: String, holder: String, ttl: std::time::Duration },
+    Renew { lease: Lease, ttl: std::time::Duration },
+    Release { lease: Lease },
 }
 
 /// What the writer thread needs; built by `SqliteStore::open`.
@@ -157,10 +167,13 @@ impl Writer {
                 Op::Create(obj, audit) => {
                     (create(conn, obj, next).and_then(|a| record_change(conn, record, a, audit, &mut tentative)), true)
                 }
-                Op::Update(obj, pre, audit) => (
-                    update(conn, obj, pre, next).and_then(|a| record_change(conn, record, a, audit, &mut tentative)),
+                Op::Update(obj, pre, audit, fence) => (
+                    check_fence(conn, fence.as_ref())
+                        .and_then(|()| update(conn, obj, pre, next))
+                        .and_then(|a| record_change(conn, record, a, audit, &mut tentative)),
                     true,
                 ),
+                Op::Lease(op) => (lease_op(conn, op), false),
                 Op::Delete(key, pre, audit) => (
                     delete(conn, &key, pre, next).and_then(|a| record_change(conn, record, a, audit, &mut tentative)),
                     true,
@@ -422,6 +435,94 @@ fn delete(conn: &Connection, key: &ObjectKey, pre: Precondition, revision: Revis
     let body = serde_json::to_string(&obj).map_err(|e| json_err("encoding an object", e))?;
     insert_event(conn, revision, &key, EventType::Deleted, &body)?;
     Ok(Applied { object: obj, entries: Vec::new(), event: Some(EventType::Deleted) })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Leases. The store's clock decides expiry, so holders on different machines agree.
+
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+fn ttl_us(ttl: std::time::Duration) -> i64 {
+    i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX / 4)
+}
+
+fn load_lease(conn: &Connection, name: &str) -> Result<Option<(String, i64, i64)>, StoreError> {
+    conn.prepare_cached("SELECT holder, epoch, expires_at_us FROM leases WHERE name = ?1")
+        .and_then(|mut s| s.query_row([name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional())
+        .map_err(|e| sql_err("reading a lease", e))
+}
+
+fn save_lease(conn: &Connection, name: &str, holder: &str, epoch: i64, expires_us: i64) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO leases (name, holder, epoch, expires_at_us) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (name) DO UPDATE SET holder = ?2, epoch = ?3, expires_at_us = ?4",
+    )
+    .and_then(|mut s| s.execute(params![name, holder, epoch, expires_us]))
+    .map(|_| ())
+    .map_err(|e| sql_err("writing a lease", e))
+}
+
+fn lease_json(name: &str, holder: &str, epoch: i64, expires_us: i64) -> Result<Value, StoreError> {
+    let lease = Lease {
+        name: name.to_string(),
+        holder: holder.to_string(),
+        epoch: u64::try_from(epoch).unwrap_or(0),
+        expires_at: chrono::DateTime::from_timestamp_micros(expires_us).unwrap_or_default(),
+    };
+    serde_json::to_value(lease).map_err(|e| json_err("encoding a lease", e))
+}
+
+fn lease_op(conn: &Connection, op: LeaseOp) -> Result<Applied, StoreError> {
+    let now = now_us();
+    let object = match op {
+        LeaseOp::Acquire { name, holder, ttl } => {
+            let current = load_lease(conn, &name)?;
+            let free = match &current {
+                None => true,
+                Some((h, _, expires)) => *expires <= now || *h == holder,
+            };
+            if free {
+                let epoch = current.map_or(0, |(_, e, _)| e) + 1;
+                let expires = now.saturating_add(ttl_us(ttl));
+                save_lease(conn, &name, &holder, epoch, expires)?;
+                lease_json(&name, &holder, epoch, expires)?
+            } else {
+                Value::Null
+            }
+        }
+        LeaseOp::Renew { lease, ttl } => match load_lease(conn, &lease.name)? {
+            Some((h, e, _)) if h == lease.holder && u64::try_from(e).ok() == Some(lease.epoch) => {
+                let expires = now.saturating_add(ttl_us(ttl));
+                save_lease(conn, &lease.name, &h, e, expires)?;
+                lease_json(&lease.name, &h, e, expires)?
+            }
+            _ => Value::Null,
+        },
+        LeaseOp::Release { lease } => {
+            conn.prepare_cached("UPDATE leases SET expires_at_us = 0 WHERE name = ?1 AND holder = ?2 AND epoch = ?3")
+                .and_then(|mut s| s.execute(params![lease.name, lease.holder, as_i64(lease.epoch)]))
+                .map_err(|e| sql_err("releasing a lease", e))?;
+            Value::Null
+        }
+    };
+    Ok(Applied { object, entries: Vec::new(), event: None })
+}
+
+/// `Ok` when there is no fence, or `fence` still holds its lease unexpired.
+fn check_fence(conn: &Connection, fence: Option<&Lease>) -> Result<(), StoreError> {
+    let Some(f) = fence else { return Ok(()) };
+    let fenced =
+        |reason: String| StoreError::Fenced { lease: f.name.clone(), holder: f.holder.clone(), epoch: f.epoch, reason };
+    match load_lease(conn, &f.name)? {
+        None => Err(fenced("nobody holds it".into())),
+        Some((h, e, _)) if h != f.holder || u64::try_from(e).ok() != Some(f.epoch) => {
+            Err(fenced(format!("{h:?} holds it at epoch {e}")))
+        }
+        Some((_, _, expires)) if expires <= now_us() => Err(fenced("it lapsed without renewal".into())),
+        Some(_) => Ok(()),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -78,6 +78,8 @@ macro_rules! conformance_tests {
             ledger_survives_restart,
             ledger_checkpoints_round_trip,
             idempotency_keys_are_unique_per_namespace,
+            leases_exclude_and_fence,
+            leases_survive_restart_and_release,
         );
     };
     (@cases $make:expr; $($case:ident),+ $(,)?) => {
@@ -1206,5 +1208,122 @@ pub async fn idempotency_keys_are_unique_per_namespace(h: &dyn Harness) {
     // Deleting the holder frees the key.
     store.delete(&key(Kind::AgentRun, "ns1", "run-a"), Precondition::None, audit("delete")).await.expect("delete");
     create(store.as_ref(), with_key("ns1", "run-c", "key-1")).await;
+    store.close().await.expect("close");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Leases
+
+/// Polls `f` until it returns `Some`, with a deadline well inside [`CASE_TIMEOUT`].
+async fn poll_until<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// An update audit entry carrying `params.tag`, to find it in the ledger.
+fn tagged(tag: &str) -> EntryDraft {
+    let mut d = audit("update");
+    d.params = json!({ "tag": tag });
+    d
+}
+
+pub async fn leases_exclude_and_fence(h: &dyn Harness) {
+    let store = h.open().await;
+    let long = Duration::from_secs(60);
+    let a = store.acquire_lease("controller", "node-a", long).await.expect("acquire").expect("free lease is granted");
+    assert_eq!((a.name.as_str(), a.holder.as_str(), a.epoch), ("controller", "node-a", 1));
+    assert!(store.acquire_lease("controller", "node-b", long).await.expect("acquire").is_none(), "held: not granted");
+    // Another lease name is independent.
+    assert!(store.acquire_lease("retention", "node-b", long).await.expect("acquire").is_some());
+    let renewed = store.renew_lease(&a, long).await.expect("renew").expect("the holder renews");
+    assert_eq!(renewed.epoch, a.epoch);
+    assert!(renewed.expires_at >= a.expires_at);
+
+    // A fenced write by the holder succeeds and records its ledger entry.
+    let obj = create(store.as_ref(), object(Kind::AgentRun, "ns", "r", json!({"x": 1}))).await;
+    let mut next = obj.clone();
+    next["status"] = json!({"phase": "Running"});
+    let rv = revision_of(&obj).expect("rv");
+    let written = store
+        .update_fenced(next.clone(), Precondition::ResourceVersion(rv), tagged("fenced"), &a)
+        .await
+        .expect("fenced");
+    let rv = revision_of(&written).expect("rv");
+
+    // A short lease lapses; another holder takes it with a higher epoch.
+    let short = store.renew_lease(&a, Duration::from_millis(1)).await.expect("renew").expect("still held");
+    let b = poll_until("node-b to take the lapsed lease", || {
+        let store = Arc::clone(&store);
+        async move { store.acquire_lease("controller", "node-b", long).await.expect("acquire") }
+    })
+    .await;
+    assert_eq!(b.epoch, short.epoch + 1);
+    // The old holder can neither renew nor write; nothing is written.
+    assert!(store.renew_lease(&short, long).await.expect("renew").is_none(), "a lost lease is not renewed");
+    next["status"] = json!({"phase": "Succeeded"});
+    match store.update_fenced(next.clone(), Precondition::ResourceVersion(rv), tagged("stale"), &short).await {
+        Err(StoreError::Fenced { lease, holder, epoch, .. }) => {
+            assert_eq!((lease.as_str(), holder.as_str(), epoch), ("controller", "node-a", short.epoch));
+        }
+        other => panic!("a write with a lost lease must be fenced, got {other:?}"),
+    }
+    let stored = store.get(&key(Kind::AgentRun, "ns", "r")).await.expect("get");
+    assert_eq!(stored["status"]["phase"], "Running", "the fenced write changed nothing");
+    let actions: Vec<String> = store
+        .ledger_query(&LedgerQuery { run: Some("r".into()), ..Default::default() })
+        .await
+        .expect("query")
+        .entries
+        .into_iter()
+        .filter_map(|e| e.params.get("tag").and_then(Value::as_str).map(str::to_string))
+        .collect();
+    assert_eq!(actions, ["fenced"], "only the holder's write is in the ledger");
+    // The new holder writes.
+    store.update_fenced(next, Precondition::ResourceVersion(rv), tagged("new-holder"), &b).await.expect("new holder");
+    // A lapsed fence fails even if nobody else took the lease.
+    let lapsed = store.renew_lease(&b, Duration::from_millis(1)).await.expect("renew").expect("held");
+    let stored = poll_until("the lease to lapse", || {
+        let (store, lapsed) = (Arc::clone(&store), lapsed.clone());
+        async move {
+            let cur = store.get(&key(Kind::AgentRun, "ns", "r")).await.expect("get");
+            let rv = revision_of(&cur).expect("rv");
+            match store.update_fenced(cur.clone(), Precondition::ResourceVersion(rv), tagged("late"), &lapsed).await {
+                Err(StoreError::Fenced { .. }) => Some(cur),
+                Ok(_) => None,
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(stored["status"]["phase"], "Succeeded");
+    store.close().await.expect("close");
+}
+
+pub async fn leases_survive_restart_and_release(h: &dyn Harness) {
+    let store = h.open().await;
+    let long = Duration::from_secs(60);
+    let a = store.acquire_lease("controller", "node-a", long).await.expect("acquire").expect("granted");
+    store.close().await.expect("close");
+    let store = h.open().await;
+    assert!(store.acquire_lease("controller", "node-b", long).await.expect("acquire").is_none(), "still held");
+    // The same holder (a restarted process) takes over at once, with a new epoch that fences the
+    // old one.
+    let again = store.acquire_lease("controller", "node-a", long).await.expect("acquire").expect("same holder");
+    assert_eq!(again.epoch, a.epoch + 1);
+    assert!(store.renew_lease(&a, long).await.expect("renew").is_none(), "the previous epoch is fenced");
+    store.release_lease(&again).await.expect("release");
+    store.release_lease(&again).await.expect("a second release is Ok");
+    let b = store.acquire_lease("controller", "node-b", long).await.expect("acquire").expect("released");
+    assert_eq!(b.epoch, again.epoch + 1);
     store.close().await.expect("close");
 }

@@ -29,6 +29,7 @@ use std::pin::Pin;
 use agentplane_api::Kind;
 use agentplane_api::selector::{FieldSelector, LabelSelector};
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -88,6 +89,19 @@ pub enum Precondition {
     None,
     /// Write only if the stored object's resourceVersion is this one.
     ResourceVersion(Revision),
+}
+
+/// A leader lease: whoever holds the lease named `name` is the only one doing that job (for
+/// example `controller`: dispatching runs). `epoch` grows by one each time the lease is acquired,
+/// so a holder that lost the lease (paused, partitioned) cannot write with an old epoch: writes
+/// made through [`Store::update_fenced`] check it in the same transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub name: String,
+    pub holder: String,
+    pub epoch: u64,
+    /// When the lease lapses unless renewed (the store's clock).
+    pub expires_at: DateTime<Utc>,
 }
 
 /// A `list` request.
@@ -234,6 +248,10 @@ pub enum StoreError {
     },
     #[error("store is closed")]
     Closed,
+    /// A fenced write by a holder that no longer holds the lease (another holder took it, or it
+    /// lapsed): the caller must stop doing the lease's job.
+    #[error("lease {lease:?} is no longer held by {holder:?} at epoch {epoch}: {reason}")]
+    Fenced { lease: String, holder: String, epoch: u64, reason: String },
 }
 
 impl StoreError {
@@ -274,6 +292,33 @@ pub trait Store: Send + Sync + 'static {
     async fn update(&self, obj: Value, precondition: Precondition, audit: EntryDraft) -> Result<Value, StoreError>;
 
     /// Delete an object, returning its last state.
+    /// `update`, only if `fence` is still the current, unexpired holder of its lease (checked
+    /// in the same transaction); otherwise [`StoreError::Fenced`] and nothing is written.
+    async fn update_fenced(
+        &self,
+        obj: Value,
+        precondition: Precondition,
+        audit: EntryDraft,
+        fence: &Lease,
+    ) -> Result<Value, StoreError>;
+
+    /// Takes the lease `name` for `holder` for `ttl` if nobody holds it, it has lapsed, or
+    /// `holder` holds it already (a restarted process with the same holder id takes over at
+    /// once). Each acquisition increments the epoch. `None`: another holder has it.
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<Lease>, StoreError>;
+
+    /// Extends `lease` by `ttl` from now if it is still the holder at the same epoch (even if it
+    /// lapsed, as long as nobody else acquired it). `None`: it is lost.
+    async fn renew_lease(&self, lease: &Lease, ttl: std::time::Duration) -> Result<Option<Lease>, StoreError>;
+
+    /// Gives the lease up (so another holder can take it at once). A lease no longer held is Ok.
+    async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError>;
+
     async fn delete(&self, key: &ObjectKey, precondition: Precondition, audit: EntryDraft)
     -> Result<Value, StoreError>;
 
