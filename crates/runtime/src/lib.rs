@@ -22,7 +22,8 @@ pub use custom::CustomAdapter;
 pub use error::{ErrorKind, RuntimeError, TemplateError};
 pub use local::{LocalAdapter, LocalConfig};
 pub use spec::{
-    DEFAULT_LOG_CAP_BYTES, RunIdentity, RunSpec, RuntimeRef, RuntimeStatus, SecretValue, StatusReason, WorkspaceSpec,
+    DEFAULT_LOG_CAP_BYTES, RunIdentity, RunSpec, RuntimeRef, RuntimeStatus, SecretValue, StatusReason, StepSpec,
+    WorkspaceSpec,
 };
 
 pub use agentplane_api::{ArtifactStatus, RunPhase};
@@ -46,4 +47,9 @@ pub trait RuntimeAdapter: Send + Sync {
     /// Asks the runtime to stop the run; returns once the request is taken (the phase becomes
     /// `Cancelled` when the process is gone).
     async fn cancel(&self, r: &RuntimeRef) -> Result<(), RuntimeError>;
+    /// Refs of attempts as they reach a terminal phase, when the adapter can tell (`None`
+    /// otherwise). Receivers may lag and miss some: callers still poll now and then.
+    fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<RuntimeRef>> {
+        None
+    }
 }

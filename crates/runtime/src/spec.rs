@@ -103,6 +103,20 @@ pub struct RunSpec {
     /// Cap of the run's log (default [`DEFAULT_LOG_CAP_BYTES`]); the tail is kept.
     #[serde(default = "default_log_cap")]
     pub log_cap_bytes: u64,
+    /// The workflow step this attempt runs, for a run with `spec.workflow`.
+    #[serde(default)]
+    pub step: Option<StepSpec>,
+}
+
+/// Which workflow step an attempt runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepSpec {
+    /// 0-based.
+    pub index: u32,
+    pub name: String,
+    /// How many steps the workflow has.
+    pub count: u32,
 }
 
 fn default_log_cap() -> u64 {
@@ -128,6 +142,7 @@ impl RunSpec {
             secrets: BTreeMap::new(),
             timeout_seconds: None,
             log_cap_bytes: DEFAULT_LOG_CAP_BYTES,
+            step: None,
         }
     }
 }

@@ -320,5 +320,14 @@ pub fn controller_config(config: &Config) -> agentplane_control::controller::Con
         jitter: c.retry_jitter,
     };
     cfg.tick = Duration::from_millis(c.tick_millis);
+    cfg.lease_ttl = Duration::from_secs(c.lease_seconds);
+    cfg.grace = Duration::from_secs(c.grace_seconds);
+    cfg.secrets_dir = Some(config.secrets.dir.clone().unwrap_or_else(|| config.data_dir.join("secrets")));
+    match agentplane_control::controller::node_holder_id(&config.data_dir) {
+        Ok(id) => cfg.holder = id,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or write data_dir/node-id; using a per-process lease holder id")
+        }
+    }
     cfg
 }
