@@ -169,3 +169,187 @@ async fn max_in_flight_1_runs_one_at_a_time_and_all_succeed() {
     }
     t.stop().await;
 }
+
+/// A server whose retries come quickly and whose grace period is short.
+async fn fast_server() -> TestServer {
+    TestServer::start_with(|c| {
+        c.controller.retry_base_seconds = 0.05;
+        c.controller.retry_max_seconds = 0.2;
+        c.controller.grace_seconds = 1;
+    })
+    .await
+}
+
+async fn submit_spec(t: &TestServer, name: &str, spec: Value) -> Value {
+    let r =
+        json!({"apiVersion": "agentplane.dev/v1alpha1", "kind": "AgentRun", "metadata": {"name": name}, "spec": spec});
+    let (code, v) = t.post(NS, "agentruns", &r).await;
+    assert_eq!(code, 201, "{v}");
+    v
+}
+
+#[tokio::test]
+async fn a_failed_attempt_is_retried_with_backoff_and_then_succeeds() {
+    let t = fast_server().await;
+    // Attempt 1 exits 1; attempt 2 exits 0.
+    agent(&t, "flaky", "test {{ agentRun.attempt }} -ge 2", None).await;
+    submit(&t, "r-flaky", "flaky", 2).await;
+    let v = finished(&t, "r-flaky").await;
+    assert_eq!(v["status"]["phase"], "Succeeded", "{v}");
+    assert_eq!(v["status"]["attempt"], 2, "{v}");
+    assert!(v["status"]["nextRetryAt"].is_null(), "{v}");
+    let actions: Vec<String> = ledger_actions(&t, "r-flaky").await.into_iter().map(|(a, _, _)| a).collect();
+    assert_eq!(actions, ["run.submitted", "run.started", "run.retried", "run.started", "run.finished"], "{actions:?}");
+    let (_, entries) = t.get(&t.url("/api/v1/ledger/entries?run=r-flaky&action=run.retried")).await;
+    let p = &entries["entries"][0]["params"];
+    assert_eq!(
+        (p["attempt"].clone(), p["nextAttempt"].clone(), p["reason"].clone()),
+        (json!(1), json!(2), json!("NonZeroExit"))
+    );
+    assert!(p["nextRetryAt"].is_string(), "{p}");
+}
+
+#[tokio::test]
+async fn retries_stop_at_the_retry_limit() {
+    let t = fast_server().await;
+    agent(&t, "bad", "exit 7", None).await;
+    submit(&t, "r-bad", "bad", 1).await;
+    let v = finished(&t, "r-bad").await;
+    assert_eq!((v["status"]["phase"].clone(), v["status"]["attempt"].clone()), (json!("Failed"), json!(2)), "{v}");
+    assert_eq!(v["status"]["exitCode"], 7, "{v}");
+    assert_eq!(condition(&v, "Failed").unwrap()["reason"], "NonZeroExit", "{v}");
+}
+
+#[tokio::test]
+async fn a_run_past_its_timeout_is_stopped_and_fails_timed_out() {
+    let t = fast_server().await;
+    // Ignores SIGTERM: only the SIGKILL after the grace period stops it.
+    agent(&t, "slow", "trap '' TERM; sleep 30", None).await;
+    submit_spec(
+        &t,
+        "r-slow",
+        json!({"agentRef": {"name": "slow"}, "implementation": {"inline": {"text": "x"}}, "timeoutSeconds": 1, "retryLimit": 0}),
+    )
+    .await;
+    let v = finished(&t, "r-slow").await;
+    assert_eq!(v["status"]["phase"], "Failed", "{v}");
+    assert_eq!(condition(&v, "Failed").unwrap()["reason"], "TimedOut", "{v}");
+    let started = time(&v["status"]["startedAt"]);
+    let ended = time(&v["status"]["finishedAt"]);
+    assert!(ended - started >= chrono::Duration::seconds(1), "{v}");
+    let actions = ledger_actions(&t, "r-slow").await;
+    assert!(actions.iter().any(|(a, o, _)| a == "run.finished" && o == "failure"), "{actions:?}");
+}
+
+#[tokio::test]
+async fn workflow_steps_run_in_order_in_one_workspace() {
+    let t = fast_server().await;
+    let p = json!({"apiVersion": "agentplane.dev/v1alpha1", "kind": "AgentProvider", "metadata": {"name": "wf-sh"},
+        "spec": {"binary": "/bin/sh", "argsTemplate": ["-c", "{{ parameters.script }}"]}});
+    assert_eq!(t.post(NS, "agentproviders", &p).await.0, 201);
+    let a = json!({"apiVersion": "agentplane.dev/v1alpha1", "kind": "Agent", "metadata": {"name": "wf"},
+        "spec": {"providerRef": {"name": "wf-sh"}}});
+    assert_eq!(t.post(NS, "agents", &a).await.0, 201);
+    submit_spec(
+        &t,
+        "r-wf",
+        json!({"agentRef": {"name": "wf"}, "implementation": {"inline": {"text": "build then test"}},
+            "parameters": {"script": "exit 9"},
+            "workflow": {"steps": [
+                {"name": "build", "parameters": {"script": "echo built > artifact.txt"}},
+                // Fails on its first try (no marker yet), succeeds on the retry.
+                {"name": "test", "retries": 1, "retryBackoffSeconds": 1,
+                 "parameters": {"script": "grep -q built artifact.txt && if [ -e tried ]; then echo ok; else touch tried; exit 4; fi"}}
+            ]}}),
+    )
+    .await;
+    let v = finished(&t, "r-wf").await;
+    let st = &v["status"];
+    assert_eq!(st["phase"], "Succeeded", "{v}");
+    assert_eq!(st["attempt"], 3, "build once, test twice: {v}");
+    let steps = st["workflow"]["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2, "{v}");
+    assert_eq!(
+        (steps[0]["name"].clone(), steps[0]["phase"].clone(), steps[0]["attempts"].clone()),
+        (json!("build"), json!("Succeeded"), json!(1))
+    );
+    assert_eq!(
+        (steps[1]["name"].clone(), steps[1]["phase"].clone(), steps[1]["attempts"].clone()),
+        (json!("test"), json!("Succeeded"), json!(2))
+    );
+    assert!(st["workflow"]["currentStep"].is_null(), "{v}");
+}
+
+#[tokio::test]
+async fn a_failing_workflow_step_without_retries_fails_the_run() {
+    let t = fast_server().await;
+    agent(&t, "wf2", "exit 5", None).await;
+    submit_spec(
+        &t,
+        "r-wf2",
+        json!({"agentRef": {"name": "wf2"}, "implementation": {"inline": {"text": "x"}},
+            "workflow": {"steps": [{"name": "one"}, {"name": "two"}]}}),
+    )
+    .await;
+    let v = finished(&t, "r-wf2").await;
+    assert_eq!(v["status"]["phase"], "Failed", "{v}");
+    let steps = v["status"]["workflow"]["steps"].as_array().unwrap();
+    assert_eq!(steps[0]["phase"], "Failed", "{v}");
+    assert_eq!(steps[0]["exitCode"], 5, "{v}");
+    assert_eq!(steps[1]["attempts"], 0, "step two never ran: {v}");
+}
+
+#[tokio::test]
+async fn allowed_secrets_reach_the_agent_from_the_secrets_dir_and_nowhere_else() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = fast_server().await;
+    let dir = t.data_dir().join("secrets");
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = "s3cret-value-42";
+    std::fs::write(dir.join("api-token"), format!("{secret}\n")).unwrap();
+    std::fs::set_permissions(dir.join("api-token"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(dir.join("loose"), "x").unwrap();
+    std::fs::set_permissions(dir.join("loose"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let p = json!({"apiVersion": "agentplane.dev/v1alpha1", "kind": "AgentProvider", "metadata": {"name": "sec-sh"},
+        "spec": {"binary": "/bin/sh", "argsTemplate": ["-c", "test \"$TOKEN\" = s3cret-value-42"]}});
+    assert_eq!(t.post(NS, "agentproviders", &p).await.0, 201);
+    let a = json!({"apiVersion": "agentplane.dev/v1alpha1", "kind": "Agent", "metadata": {"name": "sec"},
+        "spec": {"providerRef": {"name": "sec-sh"},
+                 "env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "api-token"}}}],
+                 "security": {"allowedSecrets": ["api-token", "loose"]}}});
+    let (code, v) = t.post(NS, "agents", &a).await;
+    assert_eq!(code, 201, "{v}");
+    submit_spec(
+        &t,
+        "r-sec",
+        json!({"agentRef": {"name": "sec"}, "implementation": {"inline": {"text": "x"}}, "secrets": ["api-token"]}),
+    )
+    .await;
+    let v = finished(&t, "r-sec").await;
+    assert_eq!(v["status"]["phase"], "Succeeded", "the agent saw the secret: {v}");
+    // A secret file others can read is refused (fail closed), naming the fix.
+    submit_spec(&t, "r-loose", json!({"agentRef": {"name": "sec"}, "implementation": {"inline": {"text": "x"}}, "secrets": ["api-token", "loose"]})).await;
+    let v = finished(&t, "r-loose").await;
+    assert_eq!(v["status"]["phase"], "Failed", "{v}");
+    let c = condition(&v, "Failed").unwrap();
+    assert_eq!(c["reason"], "SecretNotFound", "{v}");
+    assert!(c["message"].as_str().unwrap().contains("chmod 600"), "{v}");
+    // The value is in no status and no ledger entry.
+    let (_, export) = t.get(&t.url("/api/v1/ledger/entries?limit=1000")).await;
+    assert!(!export.to_string().contains(secret));
+    let (_, runs) = t.get(&t.coll(NS, "agentruns")).await;
+    assert!(!runs.to_string().contains(secret));
+}
+
+#[tokio::test]
+async fn a_run_whose_agent_was_deleted_fails_missing_agent() {
+    let t = TestServer::start_with(|c| c.controller.enabled = false).await;
+    agent(&t, "gone", "exit 0", None).await;
+    submit(&t, "r-gone", "gone", 0).await;
+    let (code, _) = t.delete(NS, "agents", "gone").await;
+    assert_eq!(code, 200);
+    let t = t.restart_with(|c| c.controller.enabled = true).await;
+    let v = finished(&t, "r-gone").await;
+    assert_eq!(v["status"]["phase"], "Failed", "{v}");
+    assert_eq!(condition(&v, "Failed").unwrap()["reason"], "MissingAgent", "{v}");
+}
