@@ -73,7 +73,7 @@ impl TestServer {
         TestServer::start_in_with(dir, &[])
     }
 
-    fn start_in_with(dir: tempfile::TempDir, extra: &[&str]) -> TestServer {
+    pub fn start_in_with(dir: tempfile::TempDir, extra: &[&str]) -> TestServer {
         let mut cmd = agentctl(&dir.path().join("client.toml"));
         cmd.args(["server", "--listen", "127.0.0.1:0", "--log-level", "info", "--log-format", "text"])
             .args(extra)
