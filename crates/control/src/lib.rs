@@ -7,10 +7,10 @@
 //!
 //! The cores ([`scheduler`], [`backoff`]) must not do I/O: no store, no runtime, no clocks
 //! (callers pass `now`), no randomness (callers pass the jitter sample), no async, no logging.
-//! The one exception is the experimental [`controller`] module, kept apart from them: the minimal
-//! wiring that rebuilds the scheduler from the store, follows its watch, starts runs on the local
-//! runtime and writes `Running` / `Blocked` / terminal phases with their ledger entries. The
-//! design is in `docs/scheduler.md`.
+//! The exceptions are the effectful modules kept apart from them: [`controller`], which holds the
+//! leader lease, rebuilds the scheduler from the store, follows its watch, starts runs on their
+//! runtime and records every transition with its ledger entry; and [`retention`], the sweeper
+//! that removes old finished runs and their files. The design is in `docs/scheduler.md`.
 //!
 //! ```
 //! use agentplane_control::{Caps, CapKind, OrderKey, QueuedRun, RunKey, Scheduler};
@@ -33,6 +33,7 @@
 
 pub mod backoff;
 pub mod controller;
+pub mod retention;
 pub mod scheduler;
 
 pub use backoff::{BackoffPolicy, next_retry_at, retry_delay};

@@ -231,6 +231,20 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
             rx.clone(),
         ))
     });
+    let retention = match agentplane_control::retention::RetentionPolicy::from_days(
+        config.retention.runs_days,
+        config.retention.logs_days,
+    ) {
+        Some(policy) if config.retention.enabled => Some(tokio::spawn(agentplane_control::retention::run_retention(
+            store.clone(),
+            config.data_dir.clone(),
+            policy,
+            Duration::from_secs(config.retention.sweep_interval_seconds),
+            Arc::new(agentplane_control::retention::SystemClock),
+            rx.clone(),
+        ))),
+        _ => None,
+    };
     let state = Arc::new(AppState {
         store: store.clone(),
         config: Arc::new(config),
@@ -262,6 +276,9 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         let _ = scanner.await;
         if let Some(c) = controller {
             let _ = c.await;
+        }
+        if let Some(r) = retention {
+            let _ = r.await;
         }
         let _ = checkpointer.await;
         store.close().await?;
