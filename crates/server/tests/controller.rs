@@ -353,3 +353,134 @@ async fn a_run_whose_agent_was_deleted_fails_missing_agent() {
     assert_eq!(v["status"]["phase"], "Failed", "{v}");
     assert_eq!(condition(&v, "Failed").unwrap()["reason"], "MissingAgent", "{v}");
 }
+
+/// A small runner implementing the custom runtime protocol (docs/runtime.md): every submitted
+/// run is `Running` until the test says how it ends.
+mod runner {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use axum::extract::{Path, State};
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use axum::routing::{get, post};
+    use axum::{Json, Router};
+    use serde_json::{Value, json};
+
+    #[derive(Clone, Default)]
+    pub struct Runner {
+        pub runs: Arc<Mutex<HashMap<String, (String, Value)>>>,
+        pub fail_submits: bool,
+    }
+
+    async fn submit(State(s): State<Runner>, Json(body): Json<Value>) -> axum::response::Response {
+        if s.fail_submits {
+            return (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response();
+        }
+        let key = body["idempotencyKey"].as_str().unwrap_or_default().to_string();
+        s.runs.lock().unwrap().entry(key.clone()).or_insert_with(|| ("Running".into(), body));
+        Json(json!({"ref": key})).into_response()
+    }
+
+    async fn status(State(s): State<Runner>, Path(r): Path<String>) -> axum::response::Response {
+        match s.runs.lock().unwrap().get(&r) {
+            None => (StatusCode::NOT_FOUND, "no such run").into_response(),
+            Some((phase, _)) if phase == "Succeeded" => {
+                Json(json!({"phase": "Succeeded", "exitCode": 0})).into_response()
+            }
+            Some((phase, _)) => Json(json!({"phase": phase})).into_response(),
+        }
+    }
+
+    async fn cancel(State(s): State<Runner>, Path(r): Path<String>) -> StatusCode {
+        match s.runs.lock().unwrap().get_mut(&r) {
+            None => StatusCode::NOT_FOUND,
+            Some((phase, _)) => {
+                *phase = "Cancelled".into();
+                StatusCode::NO_CONTENT
+            }
+        }
+    }
+
+    pub async fn serve(state: Runner) -> String {
+        let router = Router::new().nest(
+            "/v1",
+            Router::new()
+                .route("/runs", post(submit))
+                .route("/runs/{r}", get(status))
+                .route("/runs/{r}/cancel", post(cancel))
+                .with_state(state),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        format!("http://{addr}/v1")
+    }
+}
+
+#[tokio::test]
+async fn a_run_on_a_custom_runtime_is_submitted_followed_and_finished() {
+    let t = fast_server().await;
+    let state = runner::Runner::default();
+    let url = runner::serve(state.clone()).await;
+    agent(&t, "remote", "unused locally", None).await;
+    submit_spec(
+        &t,
+        "r-remote",
+        json!({"agentRef": {"name": "remote"}, "implementation": {"inline": {"text": "x"}},
+               "runtime": {"type": "custom", "config": {"url": url}}}),
+    )
+    .await;
+    let key = eventually(DEADLINE, || async {
+        let v = get_run(&t, "r-remote").await;
+        (v["status"]["phase"] == "Running").then(|| v["status"]["runtimeRef"].as_str().unwrap().to_string())
+    })
+    .await;
+    {
+        let runs = state.runs.lock().unwrap();
+        let (_, body) = runs.get(&key).expect("the runner got the run");
+        assert_eq!(body["run"]["name"], "r-remote", "{body}");
+    }
+    state.runs.lock().unwrap().get_mut(&key).unwrap().0 = "Succeeded".into();
+    let v = finished(&t, "r-remote").await;
+    assert_eq!((v["status"]["phase"].clone(), v["status"]["exitCode"].clone()), (json!("Succeeded"), json!(0)), "{v}");
+}
+
+#[tokio::test]
+async fn a_custom_runtime_that_keeps_answering_500_fails_the_run_submit_failed() {
+    let t = TestServer::start_with(|c| c.controller.tick_millis = 20).await;
+    let url = runner::serve(runner::Runner { fail_submits: true, ..Default::default() }).await;
+    agent(&t, "broken", "unused", None).await;
+    submit_spec(
+        &t,
+        "r-broken",
+        json!({"agentRef": {"name": "broken"}, "implementation": {"inline": {"text": "x"}},
+               "runtime": {"type": "custom", "config": {"url": url}}}),
+    )
+    .await;
+    let v = eventually(Duration::from_secs(120), || async {
+        let v = get_run(&t, "r-broken").await;
+        (v["status"]["phase"] == "Failed").then_some(v)
+    })
+    .await;
+    let c = condition(&v, "Failed").unwrap();
+    assert_eq!(c["reason"], "SubmitFailed", "{v}");
+    assert!(c["message"].as_str().unwrap().contains("500"), "{v}");
+}
+
+#[tokio::test]
+async fn an_agent_writing_1_gib_to_stdout_is_truncated_and_the_server_is_unharmed() {
+    let t = fast_server().await;
+    agent(&t, "loud", "yes agentplane | head -c 1073741824; echo; echo the-end", None).await;
+    submit(&t, "r-loud", "loud", 0).await;
+    let v = finished(&t, "r-loud").await;
+    assert_eq!(v["status"]["phase"], "Succeeded", "{v}");
+    assert_eq!(v["status"]["logTruncated"], true, "{v}");
+    let log = std::fs::metadata(t.data_dir().join("runs/default/r-loud/.agent/runner.log")).unwrap().len();
+    assert!(log <= 11 * 1024 * 1024, "the log is capped near 10 MiB, not {log} bytes");
+    let tail = std::fs::read(t.data_dir().join("runs/default/r-loud/.agent/runner.log")).unwrap();
+    assert!(String::from_utf8_lossy(&tail[tail.len().saturating_sub(64)..]).contains("the-end"), "the tail is kept");
+    // The server still answers.
+    let (code, _) = t.get(&t.url("/healthz")).await;
+    assert_eq!(code, 200);
+}

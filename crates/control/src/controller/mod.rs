@@ -205,8 +205,8 @@ pub(crate) enum StartOutcome {
     Ended { key: RunKey },
     /// The run is not startable any more (deleted, not pending): forget it.
     Skipped { key: RunKey },
-    /// Try again at `at` (a transient error).
-    Requeue { key: RunKey, at: DateTime<Utc> },
+    /// Try again at `at` (a transient error; `submit_failed`: the runtime refused it).
+    Requeue { key: RunKey, at: DateTime<Utc>, submit_failed: bool },
     /// The lease was lost while starting.
     Fenced { key: RunKey },
 }
@@ -220,6 +220,8 @@ pub struct Controller {
     orders: HashMap<RunKey, (String, OrderKey)>,
     /// Runs whose start task is in flight.
     starting: HashSet<RunKey>,
+    /// Retryable submit failures in a row, per run (cleared when it starts or ends).
+    submit_failures: HashMap<RunKey, u32>,
     agent_caps: HashMap<(String, String), (Option<u32>, Instant)>,
     rng: Rng,
     lease: Option<Lease>,
@@ -285,6 +287,7 @@ impl Controller {
             tracked: HashMap::new(),
             orders: HashMap::new(),
             starting: HashSet::new(),
+            submit_failures: HashMap::new(),
             agent_caps: HashMap::new(),
             rng: Rng(seed),
             lease: None,
@@ -333,6 +336,7 @@ impl Controller {
         self.tracked.clear();
         self.orders.clear();
         self.starting.clear();
+        self.submit_failures.clear();
         self.lease = None;
     }
 
@@ -630,8 +634,9 @@ impl Controller {
             self.orders.insert(d.key.clone(), (d.agent.name.clone(), d.order));
             self.starting.insert(d.key.clone());
             let (ctx, tx, lease) = (self.ctx.clone(), self.outcomes_tx.clone(), lease.clone());
+            let failures = self.submit_failures.get(&d.key).copied().unwrap_or(0);
             tokio::spawn(async move {
-                let out = resolve::start(&ctx, &lease, d.key).await;
+                let out = resolve::start(&ctx, &lease, d.key, failures).await;
                 let _ = tx.send(out);
             });
         }
@@ -652,6 +657,7 @@ impl Controller {
         match out {
             StartOutcome::Started { key, runtime_ref, adapter, deadline } => {
                 self.starting.remove(&key);
+                self.submit_failures.remove(&key);
                 let (agent, order) = self.orders.remove(&key).unwrap_or((String::new(), OrderKey::from_seq(0)));
                 tracing::info!(run = %key, runtime_ref = %runtime_ref, "controller: run started");
                 self.tracked.insert(
@@ -671,12 +677,16 @@ impl Controller {
             }
             StartOutcome::Ended { key } | StartOutcome::Skipped { key } => {
                 self.starting.remove(&key);
+                self.submit_failures.remove(&key);
                 self.orders.remove(&key);
                 self.tracked.remove(&key);
                 self.scheduler.finished(&key);
             }
-            StartOutcome::Requeue { key, at } => {
+            StartOutcome::Requeue { key, at, submit_failed } => {
                 self.starting.remove(&key);
+                if submit_failed {
+                    *self.submit_failures.entry(key.clone()).or_default() += 1;
+                }
                 self.tracked.remove(&key);
                 self.requeue(key, at);
             }

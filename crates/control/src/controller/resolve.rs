@@ -29,10 +29,15 @@ fn unstartable(reason: &'static str, message: impl Into<String>) -> Unstartable 
     Unstartable { reason, message: message.into() }
 }
 
-/// Starts the run `key` if it is still `Pending`.
-pub(crate) async fn start(ctx: &Ctx, lease: &Lease, key: RunKey) -> StartOutcome {
+/// After this many retryable submit failures in a row, the run ends `Failed`/`SubmitFailed`.
+pub(crate) const MAX_SUBMIT_FAILURES: u32 = 5;
+
+/// Starts the run `key` if it is still `Pending`. `failures`: retryable submit failures of this
+/// run so far (each retry waits twice as long, from 1 s).
+pub(crate) async fn start(ctx: &Ctx, lease: &Lease, key: RunKey, failures: u32) -> StartOutcome {
     let w = Writer { store: ctx.store.as_ref(), lease };
-    let retry_soon = |key: RunKey| StartOutcome::Requeue { key, at: Utc::now() + chrono::Duration::seconds(1) };
+    let delay = chrono::Duration::seconds(1_i64 << failures.min(6));
+    let retry_soon = |key: RunKey| StartOutcome::Requeue { key, at: Utc::now() + delay, submit_failed: false };
     let obj = match ctx.store.get(&ObjectKey::new(Kind::AgentRun, &key.namespace, &key.name)).await {
         Ok(o) => o,
         Err(StoreError::NotFound(_)) => return StartOutcome::Skipped { key },
@@ -52,7 +57,7 @@ pub(crate) async fn start(ctx: &Ctx, lease: &Lease, key: RunKey) -> StartOutcome
             StartOutcome::Fenced { key }
         } else {
             tracing::warn!(run = %key, error = %e, "controller: cannot record a run's end");
-            StartOutcome::Requeue { key, at: Utc::now() + chrono::Duration::seconds(1) }
+            StartOutcome::Requeue { key, at: Utc::now() + chrono::Duration::seconds(1), submit_failed: false }
         }
     };
     if st.cancel_requested_at.is_some() {
@@ -80,9 +85,16 @@ pub(crate) async fn start(ctx: &Ctx, lease: &Lease, key: RunKey) -> StartOutcome
     };
     let runtime_ref = match adapter.get().submit(&spec).await {
         Ok(r) => r,
-        Err(e) if e.retryable() => {
+        Err(e) if e.retryable() && failures + 1 < MAX_SUBMIT_FAILURES => {
             tracing::warn!(run = %key, error = %e, "controller: submit failed; requeued");
-            return retry_soon(key);
+            return StartOutcome::Requeue { key, at: Utc::now() + delay, submit_failed: true };
+        }
+        Err(e) if e.retryable() => {
+            let msg = format!("the runtime refused the run {MAX_SUBMIT_FAILURES} times in a row; last: {e}");
+            return match w.end_without_start(&key, RunPhase::Pending, RunPhase::Failed, "SubmitFailed", &msg).await {
+                Ok(_) => StartOutcome::Ended { key },
+                Err(e) => fail(e, key),
+            };
         }
         Err(e) => {
             let msg = e.to_string();
