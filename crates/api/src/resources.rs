@@ -550,6 +550,9 @@ pub struct AgentRunStatus {
     /// Who asked for the cancel (`user:alice`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel_requested_by: Option<String>,
+    /// The commit `spec.workspace` was checked out at (recorded before the agent starts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_commit: Option<String>,
     /// The agent's output exceeded the log cap: `.agent/runner.log` holds its tail only.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub log_truncated: bool,

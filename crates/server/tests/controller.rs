@@ -484,3 +484,56 @@ async fn an_agent_writing_1_gib_to_stdout_is_truncated_and_the_server_is_unharme
     let (code, _) = t.get(&t.url("/healthz")).await;
     assert_eq!(code, 200);
 }
+
+fn git(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "init.defaultBranch=main"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[tokio::test]
+async fn a_workspace_repository_is_cloned_at_its_ref_and_the_change_recorded() {
+    let t = fast_server().await;
+    let repo = tempfile::tempdir().unwrap();
+    git(repo.path(), &["init", "-q"]);
+    std::fs::write(repo.path().join("README"), "v1\n").unwrap();
+    git(repo.path(), &["add", "README"]);
+    git(repo.path(), &["commit", "-q", "-m", "one"]);
+    let base = git(repo.path(), &["rev-parse", "HEAD"]);
+    std::fs::write(repo.path().join("README"), "v2\n").unwrap();
+    git(repo.path(), &["commit", "-q", "-am", "two"]);
+    agent(&t, "editor", "test \"$(cat README)\" = v1 && echo edited > README && echo new > NEW", None).await;
+    submit_spec(
+        &t,
+        "r-git",
+        json!({"agentRef": {"name": "editor"}, "implementation": {"inline": {"text": "edit"}},
+               "workspace": {"repository": repo.path().display().to_string(), "ref": base}}),
+    )
+    .await;
+    let v = finished(&t, "r-git").await;
+    assert_eq!(v["status"]["phase"], "Succeeded", "the agent saw the checked-out ref: {v}");
+    assert_eq!(v["status"]["baseCommit"], base.as_str(), "{v}");
+    let names: Vec<&str> =
+        v["status"]["artifacts"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"changes.patch") || names.iter().any(|n| n.contains("patch")), "{v}");
+    let patch = std::fs::read_to_string(t.data_dir().join("runs/default/r-git/artifacts/changes.patch")).unwrap();
+    assert!(patch.contains("+edited") && patch.contains("NEW"), "{patch}");
+
+    // An unreachable repository fails the run with WorkspaceError (retryable, so a retry limit
+    // of 0 ends it).
+    submit_spec(
+        &t,
+        "r-nogit",
+        json!({"agentRef": {"name": "editor"}, "implementation": {"inline": {"text": "edit"}},
+               "workspace": {"repository": "file:///nonexistent/repo.git"}}),
+    )
+    .await;
+    let v = finished(&t, "r-nogit").await;
+    assert_eq!(v["status"]["phase"], "Failed", "{v}");
+    assert_eq!(condition(&v, "Failed").unwrap()["reason"], "WorkspaceError", "{v}");
+}

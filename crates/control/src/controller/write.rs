@@ -277,6 +277,9 @@ fn decide(
     }
     st.exit_code = status.exit_code;
     st.log_truncated |= status.log_truncated;
+    if status.base_commit.is_some() {
+        st.base_commit.clone_from(&status.base_commit);
+    }
     if !status.artifacts.is_empty() {
         st.artifacts = status.artifacts.clone();
     }
