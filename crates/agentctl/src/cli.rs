@@ -17,9 +17,9 @@ Exit codes:
   6  server unreachable (connection refused, timed out)
   7  server error (5xx)
   8  ledger verification failed (an entry, link or checkpoint signature does not verify)
-  9  run failed ('run wait', 'run submit --wait': the AgentRun ended Failed)
-  10 run cancelled ('run wait', 'run submit --wait': the AgentRun ended Cancelled)
-  11 wait timed out ('run wait --timeout', 'run submit --wait --wait-timeout')
+  9  run failed ('run wait', 'run watch', 'run logs -f', 'run submit --wait': the AgentRun ended Failed)
+  10 run cancelled (same commands: the AgentRun ended Cancelled)
+  11 wait timed out ('run wait --timeout', 'run watch --timeout', 'run submit --wait --wait-timeout')
 
 Environment:
   AGENTCTL_SERVER     server URL (overrides the config file; --server overrides it)
@@ -96,7 +96,8 @@ pub enum Command {
     Apply(ApplyArgs),
     /// List resources of a kind, or show one
     #[command(after_help = "Examples:\n  agentctl get runs\n  agentctl get run my-run -o yaml\n  \
-                            agentctl get agents -A -l team=a\n  agentctl get runs --field-selector status.phase=Running")]
+                            agentctl get agents -A -l team=a\n  agentctl get runs --field-selector status.phase=Running\n  \
+                            agentctl get runs -w")]
     Get(GetArgs),
     /// Show one resource in detail
     #[command(after_help = "Example:\n  agentctl describe run my-run")]
@@ -152,6 +153,9 @@ pub struct GetArgs {
     /// Page size used to fetch whole lists; 0 fetches in one request
     #[arg(long, value_name = "N", default_value_t = 500)]
     pub chunk_size: u32,
+    /// After the current state, print a line for every change until interrupted
+    #[arg(short = 'w', long, conflicts_with = "limit")]
+    pub watch: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -216,6 +220,26 @@ pub enum RunCommand {
     /// List runs, optionally by phase and agent (like 'get agentruns')
     #[command(after_help = "Examples:\n  agentctl run list --phase Running\n  agentctl run list --agent coder -A")]
     List(RunListArgs),
+    /// Print a line for every change of a run until it ends
+    #[command(after_help = concat!(
+        "Exit codes as 'run wait': 0 when the run Succeeded, 9 when it Failed, 10 when it was Cancelled, \
+         11 when --timeout passed, 3 if the run does not exist or is deleted.\n\n",
+        "Example:\n  agentctl run watch my-run"
+    ))]
+    Watch(RunWatchArgs),
+    /// Print a run's output (stdout and stderr of every attempt); -f follows it until the run ends
+    #[command(after_help = concat!(
+        "With -f: exit 0 when the run Succeeded, 9 when it Failed, 10 when it was Cancelled \
+         (3 if the run does not exist).\n\n",
+        "Examples:\n  agentctl run logs my-run\n  agentctl run logs my-run -f\n  agentctl run logs my-run --tail-bytes 4096"
+    ))]
+    Logs(RunLogsArgs),
+    /// Cancel a run: a pending run ends at once, a running one is stopped (SIGTERM, then SIGKILL)
+    #[command(after_help = concat!(
+        "Exit 0 when the run is cancelled, being stopped, or had already finished; 3 if it does not exist.\n\n",
+        "Example:\n  agentctl run cancel my-run && agentctl run wait my-run"
+    ))]
+    Cancel(RunCancelArgs),
 }
 
 /// A duration flag: `<number><unit>` pairs with units s, m, h, d, w (`90s`, `30m`, `1h30m`).
@@ -267,7 +291,7 @@ pub struct RunSubmitArgs {
     /// Name of the run [default: generated from the agent's name]
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
-    /// Then wait until the run ends, as 'run wait' does
+    /// Then wait until the run ends, as 'run wait' does, and print its log
     #[arg(long)]
     pub wait: bool,
     /// Give up waiting after this long (exit 11) [default: wait until the run ends]
@@ -285,6 +309,42 @@ pub struct RunWaitArgs {
     /// Give up after this long (exit 11) [default: wait until the run ends]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
     pub timeout: Option<std::time::Duration>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RunWatchArgs {
+    /// Name of the run
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Give up after this long (exit 11) [default: until the run ends]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub timeout: Option<std::time::Duration>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RunLogsArgs {
+    /// Name of the run
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Keep printing output as it is written until the run ends
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Only the last N bytes of the log (with -f: then follow from there)
+    #[arg(long, value_name = "N")]
+    pub tail_bytes: Option<u64>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RunCancelArgs {
+    /// Name of the run
+    #[arg(value_name = "NAME")]
+    pub name: String,
     #[command(flatten)]
     pub client: ClientArgs,
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use agentplane_api::Kind;
 pub use agentplane_api::wire::{APPLY_RESULT_HEADER, ApplyResult};
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use reqwest::{Method, RequestBuilder, Response, Url};
 use serde_json::Value;
 
@@ -20,6 +20,8 @@ const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(60);
 const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 /// Reply header of a submission answered from an existing run with the same key.
 const IDEMPOTENT_HEADER: &str = "x-agentplane-idempotent";
+/// Reply header of `GET .../logs`: the size of the whole log file.
+const LOG_SIZE_HEADER: &str = "x-agentplane-log-size";
 
 /// Query of one list request.
 #[derive(Debug, Clone, Default)]
@@ -43,6 +45,90 @@ impl BodyStream {
         self.resp.chunk().await.map_err(|e| {
             CliError::Other(format!("reading the reply from {} failed: {}", self.server, transport_reason(&e)))
         })
+    }
+}
+
+/// One server-sent event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    /// `event:` (default `message`).
+    pub event: String,
+    /// The `data:` lines joined with `\n`.
+    pub data: String,
+    /// `id:`, if any.
+    pub id: Option<String>,
+}
+
+/// Splits a `text/event-stream` byte stream into events (comments and empty events skipped).
+#[derive(Debug, Default)]
+pub struct SseParser {
+    buf: Vec<u8>,
+}
+
+impl SseParser {
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete event in what was pushed, if any.
+    pub fn next_event(&mut self) -> Option<SseEvent> {
+        loop {
+            let (end, sep) = find_blank_line(&self.buf)?;
+            let block: Vec<u8> = self.buf.drain(..end + sep).collect();
+            let text = String::from_utf8_lossy(&block[..end]);
+            let mut event = String::from("message");
+            let mut data: Vec<&str> = Vec::new();
+            let mut id = None;
+            for line in text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)) {
+                if line.is_empty() || line.starts_with(':') {
+                    continue;
+                }
+                let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                let value = value.strip_prefix(' ').unwrap_or(value);
+                match field {
+                    "event" => event = value.to_string(),
+                    "data" => data.push(value),
+                    "id" => id = Some(value.to_string()),
+                    _ => {}
+                }
+            }
+            if data.is_empty() {
+                continue;
+            }
+            return Some(SseEvent { event, data: data.join("\n"), id });
+        }
+    }
+}
+
+/// `(index of the blank line, its length)`: the end of one event.
+fn find_blank_line(buf: &[u8]) -> Option<(usize, usize)> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| (i + 1, 1));
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| (i + 2, 2));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// A `text/event-stream` reply, read event by event.
+#[derive(Debug)]
+pub struct EventStream {
+    body: BodyStream,
+    parser: SseParser,
+}
+
+impl EventStream {
+    /// The next event; `None` when the server closed the stream.
+    pub async fn next(&mut self) -> Result<Option<SseEvent>, CliError> {
+        loop {
+            if let Some(ev) = self.parser.next_event() {
+                return Ok(Some(ev));
+            }
+            match self.body.chunk().await? {
+                Some(bytes) => self.parser.push(&bytes),
+                None => return Ok(None),
+            }
+        }
     }
 }
 
@@ -270,6 +356,92 @@ impl Client {
         Ok(BodyStream { resp, server: self.display.clone() })
     }
 
+    fn run_url(&self, namespace: &str, name: &str, what: &str) -> Url {
+        self.url(&["api", "v1", "namespaces", namespace, Kind::AgentRun.plural(), name, what])
+    }
+
+    /// `POST .../agentruns/{name}/cancel`: `{"result", "message", "run"}`.
+    pub async fn cancel_run(&self, namespace: &str, name: &str) -> Result<Value, CliError> {
+        let resp = self.send(self.request(Method::POST, self.run_url(namespace, name, "cancel"))).await;
+        let resp = not_found(resp, Kind::AgentRun, namespace, name)?;
+        self.json(resp).await
+    }
+
+    /// `GET .../agentruns/{name}/events`: `{"items": [...]}`.
+    pub async fn run_events(&self, namespace: &str, name: &str) -> Result<Value, CliError> {
+        let resp = self.send(self.request(Method::GET, self.run_url(namespace, name, "events"))).await;
+        let resp = not_found(resp, Kind::AgentRun, namespace, name)?;
+        self.json(resp).await
+    }
+
+    /// `GET .../agentruns/{name}/logs[?tailBytes=N]` as a stream, with the log's size when the
+    /// server says it.
+    pub async fn run_logs(
+        &self,
+        namespace: &str,
+        name: &str,
+        tail_bytes: Option<u64>,
+    ) -> Result<(BodyStream, Option<u64>), CliError> {
+        let mut req = self.request_with(&self.stream_http, Method::GET, self.run_url(namespace, name, "logs"));
+        if let Some(n) = tail_bytes {
+            req = req.query(&[("tailBytes", n.to_string())]);
+        }
+        let resp = not_found(self.send(req).await, Kind::AgentRun, namespace, name)?;
+        let size = resp.headers().get(LOG_SIZE_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        Ok((BodyStream { resp, server: self.display.clone() }, size))
+    }
+
+    /// `GET .../agentruns/{name}/logs?follow=true`: `log`, `truncated`, `error` and `end` events.
+    pub async fn follow_run_logs(
+        &self,
+        namespace: &str,
+        name: &str,
+        tail_bytes: Option<u64>,
+    ) -> Result<EventStream, CliError> {
+        let mut params = vec![("follow", "true".to_string())];
+        if let Some(n) = tail_bytes {
+            params.push(("tailBytes", n.to_string()));
+        }
+        let req = self
+            .request_with(&self.stream_http, Method::GET, self.run_url(namespace, name, "logs"))
+            .header(ACCEPT, "text/event-stream")
+            .query(&params);
+        let resp = not_found(self.send(req).await, Kind::AgentRun, namespace, name)?;
+        Ok(self.event_stream(resp))
+    }
+
+    /// `GET .../{plural}?watch=true`: `ADDED`, `MODIFIED`, `DELETED`, `BOOKMARK` and `ERROR`
+    /// events. `resource_version` starts after that revision (without it, the current objects
+    /// come first as `ADDED`).
+    pub async fn watch(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        q: &ListQuery,
+        resource_version: Option<&str>,
+    ) -> Result<EventStream, CliError> {
+        let mut params: Vec<(&str, String)> = vec![("watch", "true".into())];
+        if let Some(s) = &q.label_selector {
+            params.push(("labelSelector", s.clone()));
+        }
+        if let Some(s) = &q.field_selector {
+            params.push(("fieldSelector", s.clone()));
+        }
+        if let Some(rv) = resource_version {
+            params.push(("resourceVersion", rv.to_string()));
+        }
+        let req = self
+            .request_with(&self.stream_http, Method::GET, self.collection_url(kind, namespace))
+            .header(ACCEPT, "text/event-stream")
+            .query(&params);
+        let resp = self.send(req).await?;
+        Ok(self.event_stream(resp))
+    }
+
+    fn event_stream(&self, resp: Response) -> EventStream {
+        EventStream { body: BodyStream { resp, server: self.display.clone() }, parser: SseParser::default() }
+    }
+
     pub async fn version(&self) -> Result<Value, CliError> {
         let resp = self.send(self.request(Method::GET, self.url(&["api", "v1", "version"]))).await?;
         self.json(resp).await
@@ -308,6 +480,19 @@ fn transport_reason(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sse_parser_handles_split_chunks_comments_and_crlf() {
+        let mut p = SseParser::default();
+        p.push(b": keep-alive\n\nevent: log\ndata: a\nda");
+        assert_eq!(p.next_event(), None);
+        p.push(b"ta: b\ndata: \n\nevent: end\r\nid: 7\r\ndata: {}\r\n\r\n");
+        assert_eq!(p.next_event(), Some(SseEvent { event: "log".into(), data: "a\nb\n".into(), id: None }));
+        assert_eq!(p.next_event(), Some(SseEvent { event: "end".into(), data: "{}".into(), id: Some("7".into()) }));
+        assert_eq!(p.next_event(), None);
+        p.push(b"data:x\n\n");
+        assert_eq!(p.next_event(), Some(SseEvent { event: "message".into(), data: "x".into(), id: None }));
+    }
 
     #[test]
     fn https_is_refused_clearly() {

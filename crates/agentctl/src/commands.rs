@@ -1,4 +1,7 @@
-//! The client commands: apply, get, describe, delete, version.
+//! The client commands: apply, get (and its watch), describe, delete, version.
+
+use std::collections::HashMap;
+use std::time::Duration;
 
 use agentplane_api::Kind;
 use chrono::Utc;
@@ -7,7 +10,7 @@ use serde_json::{Value, json};
 use crate::cli::{ApplyArgs, DeleteArgs, DescribeArgs, GetArgs, OutputFormat};
 use crate::client::{Client, ListQuery};
 use crate::config::Settings;
-use crate::error::{CliError, Exit, ExitTally};
+use crate::error::{ApiError, CliError, Exit, ExitTally};
 use crate::manifest;
 use crate::output::{self, Printer};
 
@@ -89,6 +92,9 @@ pub async fn get(ctx: &Ctx, args: GetArgs) -> Result<Exit, CliError> {
     let p = &ctx.printer;
     let ns = ctx.settings.namespace.as_str();
     let now = Utc::now();
+    if args.watch {
+        return watch_get(ctx, &client, kind, &args).await;
+    }
 
     if let Some(name) = &args.name {
         let obj = client.get(kind, ns, name).await?;
@@ -154,12 +160,221 @@ fn continue_token(list: &Value) -> Option<String> {
     list.pointer("/metadata/continue").and_then(Value::as_str).filter(|t| !t.is_empty()).map(str::to_string)
 }
 
-/// `describe KIND NAME`.
+/// `describe KIND NAME`; a run ends with its `Events:` (from `GET .../events`).
 pub async fn describe(ctx: &Ctx, args: DescribeArgs) -> Result<Exit, CliError> {
     let kind = parse_kind(&args.kind)?;
-    let obj = ctx.client()?.get(kind, &ctx.settings.namespace, &args.name).await?;
-    ctx.printer.out(&output::describe(kind, &obj, Utc::now()))?;
+    let client = ctx.client()?;
+    let obj = client.get(kind, &ctx.settings.namespace, &args.name).await?;
+    let now = Utc::now();
+    let mut text = output::describe(kind, &obj, now);
+    if kind == Kind::AgentRun {
+        match client.run_events(&ctx.settings.namespace, &args.name).await {
+            Ok(list) => {
+                let items = list.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
+                text.push_str(&output::run_events(&items, now));
+            }
+            Err(e @ CliError::Unreachable { .. }) => return Err(e),
+            Err(e) => text.push_str(&format!("Events:           <unavailable: {e}>\n")),
+        }
+    }
+    ctx.printer.out(&text)?;
     Ok(Exit::Ok)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Watching
+
+/// `get KIND [NAME] -w`: the current objects, then a line per change until interrupted.
+async fn watch_get(ctx: &Ctx, client: &Client, kind: Kind, args: &GetArgs) -> Result<Exit, CliError> {
+    let ns = ctx.settings.namespace.as_str();
+    let mut query = ListQuery {
+        label_selector: args.selector.clone(),
+        field_selector: args.field_selector.clone().filter(|f| !f.trim().is_empty()),
+        limit: None,
+        continue_token: None,
+    };
+    let (scope, initial, from) = match &args.name {
+        Some(name) => {
+            let obj = client.get(kind, ns, name).await?;
+            let by_name = format!("metadata.name={name}");
+            query.field_selector = Some(match query.field_selector.take() {
+                Some(f) => format!("{f},{by_name}"),
+                None => by_name,
+            });
+            let from = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("0").to_string();
+            (Some(ns), vec![obj], from)
+        }
+        None => {
+            let scope = if args.all_namespaces { None } else { Some(ns) };
+            let mut page_query = query.clone();
+            page_query.limit = Some(args.chunk_size).filter(|&c| c > 0);
+            let mut items = Vec::new();
+            let mut from = None;
+            loop {
+                let mut page = client.list(kind, scope, &page_query).await?;
+                // Watch from the first page's revision: nothing after it is missed (a change seen
+                // twice prints once).
+                from.get_or_insert_with(|| {
+                    page.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("0").to_string()
+                });
+                items.append(&mut take_items(&mut page));
+                match continue_token(&page) {
+                    Some(t) if page_query.continue_token.as_deref() != Some(t.as_str()) => {
+                        page_query.continue_token = Some(t)
+                    }
+                    Some(t) => return Err(CliError::Other(format!("the server repeated continue token {t:?}"))),
+                    None => break,
+                }
+            }
+            (scope, items, from.unwrap_or_else(|| "0".into()))
+        }
+    };
+    let mut view = WatchView::new(ctx, kind, args.all_namespaces, &initial)?;
+    follow_changes(client, kind, scope, &query, from, None, |type_, obj| {
+        view.show(type_, obj)?;
+        Ok(None)
+    })
+    .await
+}
+
+/// Prints what `get -w` and `run watch` see: in table output a line per change (the same line
+/// twice in a row for one object is printed once), `-o json` one `{"type", "object"}` per line,
+/// `-o yaml` one document per change, `-o name` `<kind>/<name>` per change.
+#[derive(Debug)]
+pub struct WatchView<'a> {
+    ctx: &'a Ctx,
+    kind: Kind,
+    all_namespaces: bool,
+    table: Option<output::StreamTable>,
+    last: HashMap<(String, String), String>,
+}
+
+impl<'a> WatchView<'a> {
+    /// Prints the objects that exist now.
+    pub fn new(ctx: &'a Ctx, kind: Kind, all_namespaces: bool, initial: &[Value]) -> Result<WatchView<'a>, CliError> {
+        let mut view = WatchView { ctx, kind, all_namespaces, table: None, last: HashMap::new() };
+        if ctx.printer.format == OutputFormat::Table && !initial.is_empty() {
+            let now = Utc::now();
+            let rows: Vec<Vec<String>> =
+                initial.iter().map(|o| output::watch_row(kind, o, all_namespaces, now)).collect();
+            view.start_table(&rows)?;
+        }
+        for obj in initial {
+            view.show("ADDED", obj)?;
+        }
+        Ok(view)
+    }
+
+    fn start_table(&mut self, rows: &[Vec<String>]) -> Result<(), CliError> {
+        let (table, header) = output::watch_table(self.kind, self.all_namespaces, rows);
+        self.ctx.printer.out(&table.line(&header))?;
+        self.table = Some(table);
+        Ok(())
+    }
+
+    /// Prints one change.
+    pub fn show(&mut self, type_: &str, obj: &Value) -> Result<(), CliError> {
+        let p = &self.ctx.printer;
+        match p.format {
+            OutputFormat::Json => {
+                let line = serde_json::to_string(&json!({"type": type_, "object": obj})).unwrap_or_default();
+                p.line(&line)
+            }
+            OutputFormat::Yaml => p.out(&format!("---\n{}", output::to_yaml(&json!({"type": type_, "object": obj})))),
+            OutputFormat::Name => p.line(&output::kind_name(self.kind, output::name_of(obj))),
+            OutputFormat::Table => {
+                let row = output::watch_row(self.kind, obj, self.all_namespaces, Utc::now());
+                if self.table.is_none() {
+                    self.start_table(std::slice::from_ref(&row))?;
+                }
+                let Some(table) = &self.table else { return Ok(()) };
+                let mut line = table.line(&row);
+                if type_ == "DELETED" {
+                    line.insert_str(line.len() - 1, "   (deleted)");
+                }
+                let key = (output::namespace_of(obj).to_string(), output::name_of(obj).to_string());
+                if self.last.get(&key) == Some(&line) {
+                    return Ok(());
+                }
+                p.out(&line)?;
+                self.last.insert(key, line);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Times the server may close a watch in a row before giving up.
+const WATCH_RECONNECTS: u32 = 3;
+
+/// Follows the changes of `kind` after revision `from`, calling `on_change(type, object)` for
+/// each `ADDED`, `MODIFIED` and `DELETED`, until it returns an exit code (or an error). A watch
+/// the server closes (restart, shutdown) is opened again from the last revision seen. Past
+/// `deadline`: [`CliError::WaitTimedOut`] (with empty fields for the caller to fill in).
+pub async fn follow_changes<F>(
+    client: &Client,
+    kind: Kind,
+    namespace: Option<&str>,
+    query: &ListQuery,
+    mut from: String,
+    deadline: Option<tokio::time::Instant>,
+    mut on_change: F,
+) -> Result<Exit, CliError>
+where
+    F: FnMut(&str, &Value) -> Result<Option<Exit>, CliError>,
+{
+    let timed_out = || CliError::WaitTimedOut { name: String::new(), after: String::new(), phase: String::new() };
+    let mut closed_in_a_row = 0;
+    loop {
+        let mut stream = client.watch(kind, namespace, query, Some(&from)).await?;
+        loop {
+            let next = match deadline {
+                Some(d) => tokio::time::timeout_at(d, stream.next()).await.map_err(|_| timed_out())??,
+                None => stream.next().await?,
+            };
+            let Some(ev) = next else { break };
+            closed_in_a_row = 0;
+            if let Some(id) = ev.id.as_ref().filter(|id| !id.is_empty()) {
+                from = id.clone();
+            }
+            let data: Value = serde_json::from_str(&ev.data).map_err(|e| {
+                CliError::Other(format!("the server at {} sent a watch event that is not JSON: {e}", client.server()))
+            })?;
+            match ev.event.as_str() {
+                "ADDED" | "MODIFIED" | "DELETED" => {
+                    if let Some(obj) = data.get("object")
+                        && let Some(exit) = on_change(&ev.event, obj)?
+                    {
+                        return Ok(exit);
+                    }
+                }
+                "BOOKMARK" => {
+                    if let Some(r) = data.get("revision").and_then(Value::as_str) {
+                        from = r.to_string();
+                    }
+                }
+                "ERROR" => {
+                    let err = data.get("error").cloned().unwrap_or(Value::Null);
+                    let status = if err.get("code").and_then(Value::as_str) == Some("Gone") { 410 } else { 500 };
+                    let body = serde_json::to_vec(&err).unwrap_or_default();
+                    return Err(CliError::Api(ApiError::from_reply(status, "", &body)));
+                }
+                _ => {}
+            }
+        }
+        closed_in_a_row += 1;
+        if closed_in_a_row > WATCH_RECONNECTS {
+            return Err(CliError::Other(format!(
+                "the server at {} keeps closing the watch; run the command again",
+                client.server()
+            )));
+        }
+        let pause = tokio::time::sleep(Duration::from_millis(500));
+        match deadline {
+            Some(d) => tokio::time::timeout_at(d, pause).await.map_err(|_| timed_out())?,
+            None => pause.await,
+        }
+    }
 }
 
 /// `delete KIND NAME...`: each name on its own; the exit code is that of the first specific

@@ -58,6 +58,9 @@ fn main() -> ExitCode {
             RunCommand::Wait(a) => client(top.merged(&a.client), |ctx| Box::pin(run::wait(ctx, a))),
             RunCommand::Get(a) => client(top.merged(&a.client), |ctx| Box::pin(run::get(ctx, a))),
             RunCommand::List(a) => client(top.merged(&a.client), |ctx| Box::pin(run::list(ctx, a))),
+            RunCommand::Watch(a) => client(top.merged(&a.client), |ctx| Box::pin(run::watch(ctx, a))),
+            RunCommand::Logs(a) => client(top.merged(&a.client), |ctx| Box::pin(run::logs(ctx, a))),
+            RunCommand::Cancel(a) => client(top.merged(&a.client), |ctx| Box::pin(run::cancel(ctx, a))),
         },
         Command::Ledger(l) => {
             let flags = match &l.command {

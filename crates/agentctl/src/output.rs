@@ -51,6 +51,20 @@ impl Printer {
         let _ = writeln!(io::stderr().lock(), "{line}");
     }
 
+    /// Replaces the current stderr line with `line` (a spinner); only for terminals.
+    pub fn progress(&self, line: &str) {
+        let mut stderr = io::stderr().lock();
+        let _ = write!(stderr, "\r\x1b[2K{line}");
+        let _ = stderr.flush();
+    }
+
+    /// Clears the line [`Printer::progress`] drew.
+    pub fn clear_progress(&self) {
+        let mut stderr = io::stderr().lock();
+        let _ = write!(stderr, "\r\x1b[2K");
+        let _ = stderr.flush();
+    }
+
     /// Writes `error: <prefix><line>` to stderr for each line of the error.
     pub fn error(&self, prefix: &str, err: &CliError) {
         let mut stderr = io::stderr().lock();
@@ -454,6 +468,163 @@ pub fn run_progress(obj: &Value) -> String {
     line
 }
 
+/// Why a run is where it is, on one line, for `run watch` and `get runs -w`: the reason and
+/// message of the condition that explains its phase (empty when none does).
+pub fn run_reason(obj: &Value) -> String {
+    let phase = run_phase(obj);
+    let is_true = |c: &&Value| c.get("status").and_then(Value::as_str) == Some("True");
+    let text = match phase {
+        "Succeeded" | "Failed" | "Cancelled" => {
+            condition(obj, phase).or_else(|| condition(obj, "Failed")).and_then(reason_message)
+        }
+        "Running" if obj.pointer("/status/cancelRequestedAt").is_some_and(|v| !v.is_null()) => {
+            Some(match obj.pointer("/status/cancelRequestedBy").and_then(Value::as_str) {
+                Some(by) => format!("CancelRequested: by {}", one_line(by)),
+                None => "CancelRequested".to_string(),
+            })
+        }
+        "Running" => condition(obj, "InProgress").and_then(reason_message),
+        _ => condition(obj, "Blocked")
+            .filter(is_true)
+            .or_else(|| obj.pointer("/status/nextRetryAt").and_then(|_| condition(obj, "InProgress")))
+            .or_else(|| condition(obj, "Accepted"))
+            .and_then(reason_message),
+    };
+    text.unwrap_or_default()
+}
+
+/// The header of the lines `get -w` and `run watch` print for `kind`.
+pub fn watch_header(kind: Kind, all_namespaces: bool) -> Vec<String> {
+    let mut h = Vec::new();
+    if all_namespaces {
+        h.push("NAMESPACE".to_string());
+    }
+    h.push("NAME".to_string());
+    if kind == Kind::AgentRun {
+        h.extend(["PHASE", "ATTEMPT", "REASON"].map(String::from));
+    } else {
+        h.extend(columns(kind).iter().map(|(c, _)| (*c).to_string()));
+        h.push("AGE".to_string());
+    }
+    h
+}
+
+/// One line of `get -w` / `run watch`: for a run `NAME PHASE ATTEMPT REASON`, for other kinds
+/// the columns of `get`.
+pub fn watch_row(kind: Kind, obj: &Value, all_namespaces: bool, now: DateTime<Utc>) -> Vec<String> {
+    let mut row = Vec::new();
+    if all_namespaces {
+        row.push(one_line(namespace_of(obj)));
+    }
+    row.push(one_line(name_of(obj)));
+    if kind == Kind::AgentRun {
+        row.push(one_line(run_phase(obj)));
+        row.push(obj.pointer("/status/attempt").and_then(Value::as_u64).unwrap_or(0).to_string());
+        row.push(run_reason(obj));
+    } else {
+        for (h, ptr) in columns(kind) {
+            let c = cell(obj.pointer(ptr));
+            row.push(if *h == "SUMMARY" { truncate(&c, SUMMARY_WIDTH) } else { c });
+        }
+        row.push(age(created(obj), now));
+    }
+    row
+}
+
+/// The [`StreamTable`] of `get -w` / `run watch` for `kind`, sized by the header, `first` and,
+/// for runs, the longest phase.
+pub fn watch_table(kind: Kind, all_namespaces: bool, first: &[Vec<String>]) -> (StreamTable, Vec<String>) {
+    let header = watch_header(kind, all_namespaces);
+    let mut rows = first.to_vec();
+    if kind == Kind::AgentRun {
+        let mut widest = vec![String::new(); header.len()];
+        let phase = usize::from(all_namespaces) + 1;
+        widest[phase] = "Succeeded".to_string();
+        rows.push(widest);
+    }
+    (StreamTable::new(&header, &rows), header)
+}
+
+/// A table printed a line at a time (`get -w`): the widths are set by the header and the first
+/// rows; a later, wider cell pushes its line out of alignment rather than re-printing.
+#[derive(Debug, Clone)]
+pub struct StreamTable {
+    widths: Vec<usize>,
+}
+
+impl StreamTable {
+    pub fn new(header: &[String], first: &[Vec<String>]) -> StreamTable {
+        let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+        for row in first {
+            for (i, c) in row.iter().enumerate() {
+                if let Some(w) = widths.get_mut(i) {
+                    *w = (*w).max(c.chars().count());
+                }
+            }
+        }
+        StreamTable { widths }
+    }
+
+    /// One line (with its `\n`); at least three spaces between cells, the last one not padded.
+    pub fn line(&self, row: &[String]) -> String {
+        let mut line = String::new();
+        for (i, c) in row.iter().enumerate() {
+            line.push_str(c);
+            if i + 1 < row.len() {
+                let w = self.widths.get(i).copied().unwrap_or(0);
+                line.push_str(&" ".repeat(w.saturating_sub(c.chars().count()) + 3));
+            }
+        }
+        let mut line = line.trim_end().to_string();
+        line.push('\n');
+        line
+    }
+}
+
+/// What `run cancel` prints for the server's answer.
+pub fn cancel_result(name: &str, reply: &Value) -> String {
+    let run = kind_name(Kind::AgentRun, name);
+    match reply.get("result").and_then(Value::as_str).unwrap_or("") {
+        "cancelled" => format!("{run} cancelled"),
+        "cancelling" => format!("{run} cancelling"),
+        "alreadyFinished" => {
+            let phase = reply.get("run").map_or("finished", run_phase);
+            format!("{run} already finished (phase {}); nothing to cancel", one_line(phase))
+        }
+        other => format!("{run} {}", one_line(other)),
+    }
+}
+
+/// The `Events:` section `describe agentrun` ends with (from `GET .../events`).
+pub fn run_events(items: &[Value], now: DateTime<Utc>) -> String {
+    if items.is_empty() {
+        return "Events:           <none>\n".to_string();
+    }
+    let mut rows = vec![["TYPE", "REASON", "AGE", "FROM", "MESSAGE"].map(String::from).to_vec()];
+    for e in items {
+        rows.push(vec![
+            cell(e.get("type")),
+            cell(e.get("reason")),
+            age(timestamp(e.get("time")), now),
+            cell(e.get("actor")),
+            truncate(&cell(e.get("message")), 200),
+        ]);
+    }
+    let mut out = "Events:\n".to_string();
+    indent(&mut out, &layout(&rows), 2);
+    out
+}
+
+/// Frames of the spinner `run wait` shows on a terminal.
+const SPINNER: [char; 10] = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+
+/// The spinner line of a wait: `⠹ agentrun/r: Running (attempt 1) 12s`.
+pub fn spinner_line(frame: usize, progress: &str, waited: std::time::Duration) -> String {
+    let secs = waited.as_secs();
+    let waited = if secs < 60 { format!("{secs}s") } else { format!("{}m{:02}s", secs / 60, secs % 60) };
+    format!("{} {progress} {waited}", SPINNER[frame % SPINNER.len()])
+}
+
 const LABEL_WIDTH: usize = 18;
 
 fn field(out: &mut String, label: &str, value: &str) {
@@ -618,6 +789,86 @@ mod tests {
         assert_eq!(run_progress(&blocked), "agentrun/r: Pending (attempt 1, blocked: ConcurrencyLimit: agent cap 5)");
         assert_eq!(run_submitted("r", false), "agentrun/r submitted");
         assert_eq!(run_submitted("r", true), "agentrun/r already submitted (idempotent)");
+    }
+
+    #[test]
+    fn watch_rows_and_reasons() {
+        let t = |s: &str| format!("2026-01-02T03:0{s}Z");
+        let pending = json!({"metadata": {"name": "r"}, "status": {"phase": "Pending", "conditions": [
+            {"type": "Accepted", "status": "True", "reason": "Admitted", "message": "waiting", "lastTransitionTime": t("0:00")}]}});
+        assert_eq!(watch_row(Kind::AgentRun, &pending, false, now()), ["r", "Pending", "0", "Admitted: waiting"]);
+        let blocked = json!({"metadata": {"name": "r", "namespace": "ns"}, "status": {"phase": "Pending", "conditions": [
+            {"type": "Accepted", "status": "True", "reason": "Admitted"},
+            {"type": "Blocked", "status": "True", "reason": "ConcurrencyLimit", "message": "agent cap 1"}]}});
+        assert_eq!(
+            watch_row(Kind::AgentRun, &blocked, true, now()),
+            ["ns", "r", "Pending", "0", "ConcurrencyLimit: agent cap 1"]
+        );
+        let retry = json!({"metadata": {"name": "r"}, "status": {"phase": "Pending", "attempt": 1, "nextRetryAt": t("1:00"),
+            "conditions": [{"type": "Accepted", "status": "True", "reason": "Admitted"},
+                           {"type": "InProgress", "status": "False", "reason": "NonZeroExit", "message": "retrying"}]}});
+        assert_eq!(run_reason(&retry), "NonZeroExit: retrying");
+        let running = json!({"metadata": {"name": "r"}, "status": {"phase": "Running", "attempt": 2,
+            "conditions": [{"type": "InProgress", "status": "True", "reason": "Started", "message": "attempt 2 started"}]}});
+        assert_eq!(
+            watch_row(Kind::AgentRun, &running, false, now()),
+            ["r", "Running", "2", "Started: attempt 2 started"]
+        );
+        let mut stopping = running.clone();
+        stopping["status"]["cancelRequestedAt"] = json!(t("2:00"));
+        stopping["status"]["cancelRequestedBy"] = json!("user:anonymous");
+        assert_eq!(run_reason(&stopping), "CancelRequested: by user:anonymous");
+        let failed = json!({"metadata": {"name": "r"}, "status": {"phase": "Failed", "attempt": 1, "conditions": [
+            {"type": "Failed", "status": "True", "reason": "NonZeroExit", "message": "the agent exited 3"}]}});
+        assert_eq!(run_reason(&failed), "NonZeroExit: the agent exited 3");
+        assert_eq!(run_reason(&json!({"metadata": {"name": "r"}})), "");
+        assert_eq!(watch_header(Kind::AgentRun, false), ["NAME", "PHASE", "ATTEMPT", "REASON"]);
+        assert_eq!(watch_header(Kind::Agent, true), ["NAMESPACE", "NAME", "PROVIDER", "MAX-IN-FLIGHT", "AGE"]);
+    }
+
+    #[test]
+    fn stream_table_keeps_the_first_widths() {
+        let h: Vec<String> = ["NAME", "PHASE"].map(String::from).to_vec();
+        let first = vec![vec!["a-long-name".to_string(), "Running".to_string()]];
+        let t = StreamTable::new(&h, &first);
+        assert_eq!(t.line(&h), "NAME          PHASE\n");
+        assert_eq!(t.line(&first[0]), "a-long-name   Running\n");
+        assert_eq!(t.line(&["an-even-longer-name".into(), "Failed".into()]), "an-even-longer-name   Failed\n");
+        // A run's PHASE column fits every phase from the start.
+        let (t, header) = watch_table(Kind::AgentRun, false, &[["r", "Pending", "0", ""].map(String::from).to_vec()]);
+        assert_eq!(t.line(&header), "NAME   PHASE       ATTEMPT   REASON\n");
+        assert_eq!(
+            t.line(&["r", "Succeeded", "1", "Completed"].map(String::from)),
+            "r      Succeeded   1         Completed\n"
+        );
+    }
+
+    #[test]
+    fn cancel_and_events_lines() {
+        assert_eq!(cancel_result("r", &json!({"result": "cancelled"})), "agentrun/r cancelled");
+        assert_eq!(cancel_result("r", &json!({"result": "cancelling"})), "agentrun/r cancelling");
+        assert_eq!(
+            cancel_result("r", &json!({"result": "alreadyFinished", "run": {"status": {"phase": "Succeeded"}}})),
+            "agentrun/r already finished (phase Succeeded); nothing to cancel"
+        );
+        assert_eq!(run_events(&[], now()), "Events:           <none>\n");
+        let items = vec![
+            json!({"type": "Submitted", "reason": "Submitted", "message": "submitted by user:anonymous",
+                   "time": "2026-01-02T03:00:05Z", "actor": "user:anonymous", "seq": 3}),
+            json!({"type": "Started", "reason": "Started", "message": "attempt 1 started",
+                   "time": "2026-01-02T03:04:00Z", "actor": "system:controller", "seq": 4, "attempt": 1}),
+        ];
+        assert_eq!(
+            run_events(&items, now()),
+            "Events:\n\
+             \x20 TYPE        REASON      AGE   FROM                MESSAGE\n\
+             \x20 Submitted   Submitted   4m    user:anonymous      submitted by user:anonymous\n\
+             \x20 Started     Started     5s    system:controller   attempt 1 started\n"
+        );
+        assert_eq!(
+            spinner_line(1, "agentrun/r: Running", std::time::Duration::from_secs(75)),
+            "⠙ agentrun/r: Running 1m15s"
+        );
     }
 
     #[test]

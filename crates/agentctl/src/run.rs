@@ -1,4 +1,4 @@
-//! `agentctl run`: submit, wait, get, list.
+//! `agentctl run`: submit, wait, watch, logs, cancel, get, list.
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -6,13 +6,19 @@ use std::time::Duration;
 use agentplane_api::{API_VERSION, Kind};
 use serde_json::{Map, Value, json};
 
-use crate::cli::{GetArgs, OutputFormat, RunGetArgs, RunListArgs, RunSubmitArgs, RunWaitArgs};
+use crate::cli::{
+    GetArgs, OutputFormat, RunCancelArgs, RunGetArgs, RunListArgs, RunLogsArgs, RunSubmitArgs, RunWaitArgs,
+    RunWatchArgs,
+};
+use crate::client::{Client, ListQuery};
 use crate::commands::{self, Ctx};
 use crate::error::{CliError, Exit};
 use crate::output;
 
 /// How often `run wait` reads the run.
 const POLL_EVERY: Duration = Duration::from_millis(200);
+/// How much of the log `run submit --wait` prints at the end.
+const SUBMIT_LOG_TAIL: u64 = 64 * 1024;
 
 /// The AgentRun a `run submit` sends.
 fn run_document(args: &RunSubmitArgs, inline_text: Option<String>) -> Value {
@@ -66,7 +72,12 @@ pub async fn submit(ctx: &Ctx, args: RunSubmitArgs) -> Result<Exit, CliError> {
         if p.format == OutputFormat::Table {
             p.line(&output::run_submitted(&name, idempotent))?;
         }
-        return wait_for(ctx, &name, args.wait_timeout).await;
+        let done = wait_until_done(ctx, &client, &name, args.wait_timeout).await?;
+        let exit = print_outcome(ctx, &name, &done)?;
+        if p.format == OutputFormat::Table {
+            print_log_tail(ctx, &client, &name).await?;
+        }
+        return Ok(exit);
     }
     match p.format {
         OutputFormat::Table => p.line(&output::run_submitted(&name, idempotent))?,
@@ -78,36 +89,66 @@ pub async fn submit(ctx: &Ctx, args: RunSubmitArgs) -> Result<Exit, CliError> {
 
 /// `run wait NAME`.
 pub async fn wait(ctx: &Ctx, args: RunWaitArgs) -> Result<Exit, CliError> {
-    wait_for(ctx, &args.name, args.timeout).await
+    let client = ctx.client()?;
+    let done = wait_until_done(ctx, &client, &args.name, args.timeout).await?;
+    print_outcome(ctx, &args.name, &done)
 }
 
-/// Polls the run until it ends (or `timeout` passes), showing phase changes on stderr when it is
-/// a terminal, then prints the outcome. Exit 0 only when the run Succeeded.
-async fn wait_for(ctx: &Ctx, name: &str, timeout: Option<Duration>) -> Result<Exit, CliError> {
-    let client = ctx.client()?;
+/// The exit code of a finished run: 0 only when it Succeeded.
+fn exit_of_phase(phase: &str) -> Exit {
+    match phase {
+        "Succeeded" => Exit::Ok,
+        "Cancelled" => Exit::RunCancelled,
+        _ => Exit::RunFailed,
+    }
+}
+
+/// Prints the outcome line (or the object) of a finished run and returns its exit code.
+fn print_outcome(ctx: &Ctx, name: &str, obj: &Value) -> Result<Exit, CliError> {
+    let p = &ctx.printer;
+    match p.format {
+        OutputFormat::Table => p.line(&output::run_result(obj))?,
+        OutputFormat::Name => p.line(&output::kind_name(Kind::AgentRun, name))?,
+        OutputFormat::Json | OutputFormat::Yaml => p.value(obj)?,
+    }
+    Ok(exit_of_phase(output::run_phase(obj)))
+}
+
+/// Polls the run until it ends (or `timeout` passes) and returns it. On a terminal, stderr shows
+/// each change (phase, attempt, retry, why it is blocked) as a line, under a spinner line with
+/// the time waited.
+async fn wait_until_done(ctx: &Ctx, client: &Client, name: &str, timeout: Option<Duration>) -> Result<Value, CliError> {
     let ns = ctx.settings.namespace.as_str();
     let p = &ctx.printer;
     let progress = std::io::stderr().is_terminal();
-    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let started = tokio::time::Instant::now();
+    let deadline = timeout.map(|t| started + t);
     let mut last_progress = String::new();
-    let obj = loop {
-        let obj = client.get(Kind::AgentRun, ns, name).await?;
+    let mut frame = 0usize;
+    let result = loop {
+        let obj = match client.get(Kind::AgentRun, ns, name).await {
+            Ok(o) => o,
+            Err(e) => break Err(e),
+        };
         let phase = output::run_phase(&obj);
         if matches!(phase, "Succeeded" | "Failed" | "Cancelled") {
-            break obj;
+            break Ok(obj);
         }
         if progress {
             let line = output::run_progress(&obj);
             if line != last_progress {
+                p.clear_progress();
                 p.note(&line);
                 last_progress = line;
             }
+            p.progress(&output::spinner_line(frame, &last_progress, started.elapsed()));
+            frame += 1;
         }
         let mut sleep = POLL_EVERY;
         if let (Some(deadline), Some(timeout)) = (deadline, timeout) {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
-                return Err(CliError::WaitTimedOut {
+                break Err(CliError::WaitTimedOut {
                     name: name.to_string(),
                     after: human_duration(timeout),
                     phase: phase.to_string(),
@@ -117,16 +158,139 @@ async fn wait_for(ctx: &Ctx, name: &str, timeout: Option<Duration>) -> Result<Ex
         }
         tokio::time::sleep(sleep).await;
     };
-    match p.format {
-        OutputFormat::Table => p.line(&output::run_result(&obj))?,
-        OutputFormat::Name => p.line(&output::kind_name(Kind::AgentRun, name))?,
-        OutputFormat::Json | OutputFormat::Yaml => p.value(&obj)?,
+    if progress && frame > 0 {
+        p.clear_progress();
     }
-    Ok(match output::run_phase(&obj) {
-        "Succeeded" => Exit::Ok,
-        "Cancelled" => Exit::RunCancelled,
-        _ => Exit::RunFailed,
+    result
+}
+
+/// After `run submit --wait`: the end of the run's log, under a header line.
+async fn print_log_tail(ctx: &Ctx, client: &Client, name: &str) -> Result<(), CliError> {
+    let p = &ctx.printer;
+    let ns = ctx.settings.namespace.as_str();
+    let run = output::kind_name(Kind::AgentRun, name);
+    let (mut body, size) = match client.run_logs(ns, name, Some(SUBMIT_LOG_TAIL)).await {
+        Ok(x) => x,
+        Err(e) => {
+            p.note(&format!("note: cannot read the log of {run}: {e}"));
+            return Ok(());
+        }
+    };
+    let mut text = Vec::new();
+    while let Some(chunk) = body.chunk().await? {
+        text.extend_from_slice(&chunk);
+    }
+    if text.is_empty() {
+        return p.line(&format!("--- log of {run}: empty ---"));
+    }
+    match size.filter(|&s| s > text.len() as u64) {
+        Some(total) => p.line(&format!(
+            "--- log of {run} (last {} of {total} bytes; 'agentctl run logs {name}' prints all) ---",
+            text.len()
+        ))?,
+        None => p.line(&format!("--- log of {run} ---"))?,
+    }
+    if text.last() != Some(&b'\n') {
+        text.push(b'\n');
+    }
+    p.out_bytes(&text)
+}
+
+/// `run logs NAME [-f]`: the log as text; with `-f`, followed until the run ends, exiting with
+/// the run's outcome.
+pub async fn logs(ctx: &Ctx, args: RunLogsArgs) -> Result<Exit, CliError> {
+    let client = ctx.client()?;
+    let ns = ctx.settings.namespace.as_str();
+    let p = &ctx.printer;
+    if !args.follow {
+        let (mut body, _) = client.run_logs(ns, &args.name, args.tail_bytes).await?;
+        while let Some(chunk) = body.chunk().await? {
+            p.out_bytes(&chunk)?;
+        }
+        return Ok(Exit::Ok);
+    }
+    let mut stream = client.follow_run_logs(ns, &args.name, args.tail_bytes).await?;
+    loop {
+        let Some(ev) = stream.next().await? else {
+            return Err(CliError::Other(format!(
+                "the log stream of agentrun/{} ended before the run did (the server may be restarting); \
+                 run the command again",
+                args.name
+            )));
+        };
+        let data = || serde_json::from_str::<Value>(&ev.data).unwrap_or(Value::Null);
+        match ev.event.as_str() {
+            "log" => p.out(&ev.data)?,
+            "truncated" => {
+                let message = data().get("message").and_then(Value::as_str).unwrap_or("output was dropped").to_string();
+                p.note(&format!("agentctl: {message}"));
+            }
+            "error" => {
+                let message = data().get("message").and_then(Value::as_str).unwrap_or("unknown error").to_string();
+                return Err(CliError::Other(format!("the server stopped sending the log: {message}")));
+            }
+            "end" => {
+                let end = data();
+                if end.get("deleted").and_then(Value::as_bool) == Some(true) {
+                    return Err(CliError::NotFound {
+                        kind: Kind::AgentRun.singular(),
+                        name: args.name.clone(),
+                        namespace: ns.to_string(),
+                    });
+                }
+                return Ok(exit_of_phase(end.get("phase").and_then(Value::as_str).unwrap_or("")));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `run cancel NAME`.
+pub async fn cancel(ctx: &Ctx, args: RunCancelArgs) -> Result<Exit, CliError> {
+    let client = ctx.client()?;
+    let reply = client.cancel_run(&ctx.settings.namespace, &args.name).await?;
+    let p = &ctx.printer;
+    match p.format {
+        OutputFormat::Table => p.line(&output::cancel_result(&args.name, &reply))?,
+        OutputFormat::Name => p.line(&output::kind_name(Kind::AgentRun, &args.name))?,
+        OutputFormat::Json | OutputFormat::Yaml => p.value(&reply)?,
+    }
+    Ok(Exit::Ok)
+}
+
+/// `run watch NAME`: one line per change of the run until it ends; exit codes as `run wait`.
+pub async fn watch(ctx: &Ctx, args: RunWatchArgs) -> Result<Exit, CliError> {
+    let client = ctx.client()?;
+    let ns = ctx.settings.namespace.as_str();
+    let name = args.name.as_str();
+    let obj = client.get(Kind::AgentRun, ns, name).await?;
+    let deadline = args.timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut view = commands::WatchView::new(ctx, Kind::AgentRun, false, std::slice::from_ref(&obj))?;
+    let not_found =
+        || CliError::NotFound { kind: Kind::AgentRun.singular(), name: name.to_string(), namespace: ns.to_string() };
+    let phase = output::run_phase(&obj).to_string();
+    if matches!(phase.as_str(), "Succeeded" | "Failed" | "Cancelled") {
+        return Ok(exit_of_phase(&phase));
+    }
+    let query = ListQuery { field_selector: Some(format!("metadata.name={name}")), ..ListQuery::default() };
+    let from = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("0").to_string();
+    let mut last_phase = phase;
+    let result = commands::follow_changes(&client, Kind::AgentRun, Some(ns), &query, from, deadline, |type_, obj| {
+        if type_ == "DELETED" {
+            return Err(not_found());
+        }
+        view.show(type_, obj)?;
+        last_phase = output::run_phase(obj).to_string();
+        Ok(matches!(last_phase.as_str(), "Succeeded" | "Failed" | "Cancelled").then(|| exit_of_phase(&last_phase)))
     })
+    .await;
+    match result {
+        Err(CliError::WaitTimedOut { after, .. }) => {
+            let after = args.timeout.map(human_duration).unwrap_or(after);
+            Err(CliError::WaitTimedOut { name: name.to_string(), after, phase: last_phase })
+        }
+        other => other,
+    }
 }
 
 /// `90s`, `30m`, `2h`, or whole seconds.
@@ -150,6 +314,7 @@ pub async fn get(ctx: &Ctx, args: RunGetArgs) -> Result<Exit, CliError> {
         all_namespaces: false,
         limit: None,
         chunk_size: 500,
+        watch: false,
         client: args.client,
     };
     commands::get(ctx, get).await
@@ -182,6 +347,7 @@ pub async fn list(ctx: &Ctx, args: RunListArgs) -> Result<Exit, CliError> {
         all_namespaces: args.all_namespaces,
         limit: None,
         chunk_size: 500,
+        watch: false,
         client: args.client,
     };
     commands::get(ctx, get).await

@@ -15,6 +15,7 @@ pub mod examples;
 pub mod ledger;
 pub mod openapi;
 pub mod resources;
+pub mod runs;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -91,6 +92,9 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/namespaces/{namespace}/{plural}/{name}",
             get(resources::get_one).put(resources::put).delete(resources::delete),
         )
+        .route("/api/v1/namespaces/{namespace}/agentruns/{name}/cancel", axum::routing::post(runs::cancel))
+        .route("/api/v1/namespaces/{namespace}/agentruns/{name}/logs", get(runs::logs))
+        .route("/api/v1/namespaces/{namespace}/agentruns/{name}/events", get(runs::events))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {

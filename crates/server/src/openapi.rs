@@ -65,6 +65,73 @@ fn hoist_defs(kind: Kind, mut schema: Value, components: &mut Map<String, Value>
     schema
 }
 
+/// `cancel`, `logs` and `events` of an AgentRun (see `crate::runs`).
+fn run_subresources(paths: &mut Map<String, Value>, schemas: &mut Map<String, Value>, ns: &Value, name: &Value) {
+    schemas.insert(
+        "CancelResult".into(),
+        json!({
+            "type": "object",
+            "required": ["result", "message", "run"],
+            "properties": {
+                "result": {"type": "string", "enum": ["cancelled", "cancelling", "alreadyFinished"],
+                    "description": "cancelled: a Pending run was ended Cancelled; cancelling: a Running run was asked to stop (status.cancelRequestedAt) and the controller ends it; alreadyFinished: nothing changed"},
+                "message": {"type": "string"},
+                "run": {"$ref": "#/components/schemas/AgentRun"}
+            }
+        }),
+    );
+    schemas.insert(
+        "RunEventList".into(),
+        json!({
+            "type": "object",
+            "required": ["items"],
+            "properties": {"items": {"type": "array", "items": {
+                "type": "object",
+                "required": ["type", "reason", "message", "time", "actor", "seq"],
+                "properties": {
+                    "type": {"type": "string", "enum": ["Submitted", "Blocked", "Started", "Retrying", "Succeeded", "Failed", "TimedOut", "CancelRequested", "Cancelled"]},
+                    "reason": {"type": "string"},
+                    "message": {"type": "string"},
+                    "time": {"type": "string", "format": "date-time"},
+                    "actor": {"type": "string", "description": "kind:id, e.g. user:anonymous, system:controller"},
+                    "attempt": {"type": "integer"},
+                    "seq": {"type": "integer", "description": "The ledger entry the event comes from"}
+                }
+            }}}
+        }),
+    );
+    let tags = json!(["AgentRun"]);
+    let cancel_ok = |d: &str| json!({"description": d, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CancelResult"}}}});
+    paths.insert(
+        "/api/v1/namespaces/{namespace}/agentruns/{name}/cancel".into(),
+        json!({"post": {"operationId": "cancelAgentRun", "tags": tags, "summary": "Cancel a run: a Pending run ends Cancelled at once; a Running run is stopped by the controller (SIGTERM, grace, SIGKILL); a finished run is left alone. The body is ignored.",
+            "parameters": [ns, name],
+            "responses": with(Map::from_iter([
+                ("200".to_string(), cancel_ok("cancelled (was Pending) or alreadyFinished")),
+                ("202".to_string(), cancel_ok("cancelling (was Running)")),
+            ]), err_responses(&["404", "409", "503"]))}}),
+    );
+    paths.insert(
+        "/api/v1/namespaces/{namespace}/agentruns/{name}/logs".into(),
+        json!({"get": {"operationId": "readAgentRunLogs", "tags": tags, "summary": "The run's output (stdout and stderr of every attempt). Followed as server-sent events with follow=true or Accept: text/event-stream: `log` events carry the text, `truncated` says output was dropped by the log cap, `end` carries {phase, exitCode} once the run is finished and its log sent.",
+            "parameters": [ns, name,
+                {"name": "follow", "in": "query", "schema": {"type": "boolean"}, "description": "Stream as server-sent events until the run ends"},
+                {"name": "tailBytes", "in": "query", "schema": {"type": "integer", "minimum": 0}, "description": "Start this many bytes before the end of the log"}],
+            "responses": with(Map::from_iter([("200".to_string(), json!({
+                "description": "The log (empty when there is none yet, or when the run's runtime is not local); header X-Agentplane-Log-Size is the file's size",
+                "content": {"text/plain": {"schema": {"type": "string"}}, "text/event-stream": {"schema": {"type": "string"}}}}))]),
+                err_responses(&["400", "404", "503"]))}}),
+    );
+    paths.insert(
+        "/api/v1/namespaces/{namespace}/agentruns/{name}/events".into(),
+        json!({"get": {"operationId": "listAgentRunEvents", "tags": tags, "summary": "The run's history, oldest first, from its ledger entries (empty when the ledger is disabled)",
+            "parameters": [ns, name],
+            "responses": with(Map::from_iter([("200".to_string(), json!({"description": "The events",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RunEventList"}}}}))]),
+                err_responses(&["404", "503"]))}}),
+    );
+}
+
 /// Build the OpenAPI document.
 pub fn openapi() -> Value {
     let mut schemas = Map::new();
@@ -144,6 +211,7 @@ pub fn openapi() -> Value {
             }),
         );
     }
+    run_subresources(&mut paths, &mut schemas, &ns_param, &name_param);
     let simple = |id: &str, d: &str| json!({"get": {"operationId": id, "tags": ["system"], "responses": {"200": {"description": d}, "503": {"description": "Not ready"}}}});
     paths.insert("/healthz".into(), simple("healthz", "The process is alive"));
     paths.insert("/readyz".into(), simple("readyz", "The server can serve requests (store reachable)"));
