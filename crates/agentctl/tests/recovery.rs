@@ -48,7 +48,7 @@ fn setup(server: &TestServer, out: &Path) {
     let script = r#"exec 9>>"$OUT_DIR/{{ agentRun.name }}.lock"
 flock -n 9 || { echo "DOUBLE {{ agentRun.name }} {{ agentRun.attempt }}" >> "$OUT_DIR/double"; exit 1; }
 echo "start {{ agentRun.name }} {{ agentRun.attempt }}" >> "$OUT_DIR/log"
-while [ ! -e "$OUT_DIR/gate" ]; do sleep 0.05; done
+i=0; while [ ! -e "$OUT_DIR/gate" ] && [ -d "$OUT_DIR" ] && [ $i -lt 2400 ]; do sleep 0.05; i=$((i+1)); done
 echo "end {{ agentRun.name }} {{ agentRun.attempt }}" >> "$OUT_DIR/log""#;
     let provider = format!(
         "apiVersion: agentplane.dev/v1alpha1\nkind: AgentProvider\nmetadata:\n  name: gated\nspec:\n  binary: /bin/sh\n  argsTemplate: [\"-c\", {}]\n  envTemplate:\n    OUT_DIR: {}\n",

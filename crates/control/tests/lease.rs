@@ -64,7 +64,12 @@ async fn only_the_lease_holder_dispatches_and_the_other_takes_over() {
     let dir = tempfile::tempdir().unwrap();
     let gate = dir.path().join("gate");
     let store = SqliteStore::open(&dir.path().join("db.sqlite"), SqliteOptions::default()).unwrap();
-    let script = format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display());
+    // Bounded, and gone with the test's folder, so a failed test leaves no process behind.
+    let script = format!(
+        "i=0; while [ ! -e {g} ] && [ -d {d} ] && [ $i -lt 2400 ]; do sleep 0.05; i=$((i+1)); done",
+        g = gate.display(),
+        d = dir.path().display()
+    );
     put(&store, "AgentProvider", "gated", json!({"binary": "/bin/sh", "argsTemplate": ["-c", script]}), None).await;
     put(&store, "Agent", "gated", json!({"providerRef": {"name": "gated"}, "maxInFlight": 1}), None).await;
     for i in 0..3 {
