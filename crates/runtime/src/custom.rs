@@ -14,6 +14,8 @@ use crate::spec::{RunSpec, RuntimeRef, RuntimeStatus};
 
 /// How much of an unexpected response body goes into an error message.
 const BODY_EXCERPT_CHARS: usize = 200;
+/// The largest answer read from the endpoint; a longer one is an error (never buffered whole).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// The body of `POST {base}/runs`: the [`RunSpec`] fields plus the secret values and an
 /// idempotency key (`<uid>/<attempt>`).
@@ -82,10 +84,25 @@ impl CustomAdapter {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.map_err(|e| transport_error(&what, &e))?;
+        let mut resp = req.send().await.map_err(|e| transport_error(&what, &e))?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| transport_error(&what, &e))?;
-        Ok((status, Body { what, bytes: bytes.to_vec() }))
+        let mut bytes = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| transport_error(&what, &e))? {
+            if bytes.len() + chunk.len() > MAX_BODY_BYTES {
+                let kind = if body.is_some() { ErrorKind::SubmitFailed } else { ErrorKind::Unavailable };
+                return Err(RuntimeError::new(
+                    kind,
+                    format!(
+                        "{what}: HTTP {}: the answer is larger than {MAX_BODY_BYTES} bytes, the limit of the custom \
+                         runtime protocol; the runner must answer with a smaller body",
+                        status.as_u16()
+                    ),
+                    true,
+                ));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok((status, Body { what, bytes }))
     }
 }
 

@@ -47,8 +47,15 @@ pub trait RuntimeAdapter: Send + Sync {
     /// Asks the runtime to stop the run; returns once the request is taken (the phase becomes
     /// `Cancelled` when the process is gone).
     async fn cancel(&self, r: &RuntimeRef) -> Result<(), RuntimeError>;
-    /// Refs of attempts as they reach a terminal phase, when the adapter can tell (`None`
-    /// otherwise). Receivers may lag and miss some: callers still poll now and then.
+    /// Notifications of attempts reaching a terminal phase, so a caller need not poll `status`
+    /// often. `None` (the default) when the adapter cannot tell.
+    ///
+    /// The ref is sent once the terminal status is final: a `status` of it right after the
+    /// notification returns that status. The channel is bounded: a receiver that falls behind
+    /// gets [`tokio::sync::broadcast::error::RecvError::Lagged`] and misses notifications, and
+    /// attempts that ended while no adapter watched them are only noticed when they are looked at
+    /// — so callers must still poll `status` now and then (for example every few seconds, and
+    /// at once after a `Lagged`).
     fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<RuntimeRef>> {
         None
     }

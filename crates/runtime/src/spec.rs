@@ -56,6 +56,19 @@ pub struct WorkspaceSpec {
     pub ref_: Option<String>,
 }
 
+/// Which step of an AgentRun's `spec.workflow.steps[]` an attempt runs. Steps run in order in the
+/// same run folder: a step after the first finds `workspace/` as the previous step left it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepSpec {
+    /// 0-based position of the step.
+    pub index: u32,
+    /// The step's `name`.
+    pub name: String,
+    /// How many steps the workflow has.
+    pub count: u32,
+}
+
 /// Identity of the run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -74,7 +87,8 @@ pub struct RunIdentity {
 #[serde(rename_all = "camelCase")]
 pub struct RunSpec {
     pub run: RunIdentity,
-    /// 1 for the first attempt; a retry increments it.
+    /// 1 for the first attempt; every later attempt of the run (a retry, or the next workflow
+    /// step) has a higher number.
     pub attempt: u32,
     /// The AgentRun spec as submitted (written to `run.json`).
     pub run_spec: AgentRunSpec,
@@ -103,20 +117,11 @@ pub struct RunSpec {
     /// Cap of the run's log (default [`DEFAULT_LOG_CAP_BYTES`]); the tail is kept.
     #[serde(default = "default_log_cap")]
     pub log_cap_bytes: u64,
-    /// The workflow step this attempt runs, for a run with `spec.workflow`.
+    /// The workflow step this attempt runs, when the AgentRun has `spec.workflow.steps[]`;
+    /// `implementation` and `parameters` are then already those of the step (the control plane
+    /// merges the run's parameters with the step's).
     #[serde(default)]
     pub step: Option<StepSpec>,
-}
-
-/// Which workflow step an attempt runs.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StepSpec {
-    /// 0-based.
-    pub index: u32,
-    pub name: String,
-    /// How many steps the workflow has.
-    pub count: u32,
 }
 
 fn default_log_cap() -> u64 {

@@ -169,3 +169,69 @@ async fn unreachable_and_silent_endpoints() {
     let e = a.status(&RuntimeRef("r".into())).await.unwrap_err();
     assert_eq!((e.kind, e.retryable), (ErrorKind::Timeout, true), "{e}");
 }
+
+/// An endpoint that answers every request with `code` and `body`.
+async fn answering(code: u16, body: String) -> CustomAdapter {
+    let code = StatusCode::from_u16(code).unwrap();
+    let router = v1(Router::new().fallback(move || {
+        let b = body.clone();
+        async move { (code, [("content-type", "application/json")], b) }
+    }));
+    CustomAdapter::new(&serve(router).await).unwrap()
+}
+
+#[tokio::test]
+async fn bad_answers_are_normalised_errors() {
+    let huge = format!("{{\"ref\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
+    // (code, body, submit → (kind, retryable), status → (kind, retryable), message must contain)
+    type Case = (u16, String, (ErrorKind, bool), (ErrorKind, bool), &'static str);
+    let cases: Vec<Case> = vec![
+        (500, "boom".into(), (ErrorKind::Unavailable, true), (ErrorKind::Unavailable, true), "HTTP 500: boom"),
+        (503, "later".into(), (ErrorKind::Unavailable, true), (ErrorKind::Unavailable, true), "HTTP 503"),
+        (429, "slow down".into(), (ErrorKind::Unavailable, true), (ErrorKind::Unavailable, true), "HTTP 429"),
+        (504, "".into(), (ErrorKind::Timeout, true), (ErrorKind::Timeout, true), "HTTP 504"),
+        (403, "no".into(), (ErrorKind::SubmitFailed, false), (ErrorKind::Unavailable, false), "HTTP 403: no"),
+        (200, "not json at all".into(), (ErrorKind::SubmitFailed, true), (ErrorKind::Unavailable, true), "not json"),
+        (
+            200,
+            r#"{"id": "x"}"#.into(),
+            (ErrorKind::SubmitFailed, true),
+            (ErrorKind::Unavailable, true),
+            "missing field",
+        ),
+        (
+            200,
+            r#"{"ref": 5, "phase": 5}"#.into(),
+            (ErrorKind::SubmitFailed, true),
+            (ErrorKind::Unavailable, true),
+            r#"body starts: {"ref": 5"#,
+        ),
+        (200, r#"{"phase": "Bogus"}"#.into(), (ErrorKind::SubmitFailed, true), (ErrorKind::Unavailable, true), "Bogus"),
+        (200, huge, (ErrorKind::SubmitFailed, true), (ErrorKind::Unavailable, true), "larger than 1048576 bytes"),
+    ];
+    for (code, body, on_submit, on_status, needle) in cases {
+        let a = answering(code, body.clone()).await;
+        let e = a.submit(&run_spec()).await.unwrap_err();
+        assert_eq!((e.kind, e.retryable()), on_submit, "submit, {code} {:.40}: {e}", body);
+        assert!(e.message.contains(needle), "submit {code}: {e}");
+        assert!(!e.message.contains("s3cr3t"), "{e}");
+        assert!(e.message.len() < 1000, "the message carries an excerpt, not the body: {}", e.message.len());
+        let e = a.status(&RuntimeRef("r-1".into())).await.unwrap_err();
+        assert_eq!((e.kind, e.retryable()), on_status, "status, {code} {:.40}: {e}", body);
+        assert!(e.message.contains(needle), "status {code}: {e}");
+    }
+}
+
+#[tokio::test]
+async fn empty_ref_is_refused() {
+    let a = answering(200, r#"{"ref": ""}"#.into()).await;
+    let e = a.submit(&run_spec()).await.unwrap_err();
+    assert_eq!((e.kind, e.retryable()), (ErrorKind::SubmitFailed, true));
+    assert!(e.message.contains("empty ref"), "{e}");
+}
+
+#[tokio::test]
+async fn the_custom_adapter_has_no_notifications() {
+    let a = answering(200, "{}".into()).await;
+    assert!(a.subscribe().is_none());
+}

@@ -491,13 +491,9 @@ impl Controller {
         let renew_every = self.ctx.cfg.lease_ttl / 3;
         let mut last_renew = Instant::now();
         let mut exits = RuntimeAdapter::subscribe(self.ctx.local.as_ref());
-        // Something happened since the last dispatch: dispatch again before waiting.
-        let mut dirty = true;
         loop {
-            if dirty {
-                self.dispatch().await;
-                dirty = false;
-            }
+            // Something happened (or this is the first pass): dispatch before waiting again.
+            self.dispatch().await;
             if self.lease.is_none() {
                 return Follow::LeaseLost;
             }
@@ -508,19 +504,18 @@ impl Controller {
                     if let Some(out) = out && self.on_start_outcome(out) {
                         return Follow::LeaseLost;
                     }
-                    dirty = true;
                 }
                 r = recv_exit(&mut exits) => {
-                    if let Some(r) = r {
-                        self.poll_ref(&r).await;
-                        dirty = true;
+                    match r {
+                        Some(r) => self.poll_ref(&r).await,
+                        // Missed some notifications: look at every attempt now.
+                        None => self.poll().await,
                     }
                 }
                 ev = stream.next() => match ev {
                     Some(Ok(ev)) => {
                         self.on_event(ev).await;
-                        dirty = true;
-                    }
+                        }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "controller: watch failed; rebuilding state");
                         return Follow::Resync;
@@ -538,7 +533,6 @@ impl Controller {
                         last_renew = Instant::now();
                     }
                     self.poll().await;
-                    dirty = true;
                 }
             }
         }
@@ -838,16 +832,15 @@ enum Follow {
     Resync,
 }
 
-/// The next exit notification; never resolves when there is no subscription.
+/// The next exit notification (`None`: some were missed); never resolves when there is no
+/// subscription.
 async fn recv_exit(rx: &mut Option<tokio::sync::broadcast::Receiver<RuntimeRef>>) -> Option<RuntimeRef> {
-    let Some(r) = rx.as_mut() else { return std::future::pending().await };
-    match r.recv().await {
-        Ok(r) => Some(r),
-        // Missed some: the periodic poll catches up.
-        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => None,
-        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-            *rx = None;
-            None
+    loop {
+        let Some(r) = rx.as_mut() else { return std::future::pending().await };
+        match r.recv().await {
+            Ok(r) => return Some(r),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return None,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => *rx = None,
         }
     }
 }

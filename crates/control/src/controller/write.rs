@@ -276,6 +276,10 @@ fn decide(
         retryable = false;
     }
     st.exit_code = status.exit_code;
+    // The runtime's own spawn time is more precise than when the start was recorded.
+    if let Some(t) = status.started_at.filter(|t| st.started_at.is_none_or(|s| *t >= s)) {
+        st.started_at = Some(t);
+    }
     st.log_truncated |= status.log_truncated;
     if status.base_commit.is_some() {
         st.base_commit.clone_from(&status.base_commit);

@@ -1,7 +1,7 @@
 //! Files of a run folder: the status file, safe relative paths, input files, artifacts.
 
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use agentplane_api::ArtifactStatus;
@@ -43,21 +43,39 @@ pub(crate) struct StatusFile {
     pub log_cap_bytes: Option<u64>,
 }
 
-pub(crate) async fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    tokio::fs::write(&tmp, bytes).await?;
-    tokio::fs::rename(&tmp, path).await
-}
-
-pub(crate) async fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+/// `value` as pretty JSON, written in place (blocking). Not atomic: only for files nobody reads
+/// while they are written (`run.json` and `agent-runner.json` are written before the agent
+/// starts).
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
     let mut bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
     bytes.push(b'\n');
-    write_atomic(path, &bytes).await
+    std::fs::write(path, bytes)
 }
 
-pub(crate) async fn read_status(path: &Path) -> std::io::Result<Option<StatusFile>> {
-    match tokio::fs::read(path).await {
-        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(std::io::Error::other),
+/// Writes `.agent/status.json` in place: one `pwrite` of the whole document at offset 0, then a
+/// truncation to its length. No new inode per update (creating and freeing one per write is what
+/// made status updates expensive on ext4), and no window without a complete document: a crash
+/// between the two calls leaves the new document followed by the old one's tail, which
+/// [`read_status`] ignores. Blocking; no fsync.
+pub(crate) fn write_status(path: &Path, status: &StatusFile) -> std::io::Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?;
+    bytes.push(b'\n');
+    let f = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(path)?;
+    f.write_all_at(&bytes, 0)?;
+    f.set_len(bytes.len() as u64)
+}
+
+/// A status file, or `None` when there is none (blocking). Only the first JSON document counts
+/// (see [`write_status`]). An empty file counts as none: only the very first write of a fresh
+/// file can leave one (a crash between creating and writing it), and nothing was started then.
+pub(crate) fn read_status(path: &Path) -> std::io::Result<Option<StatusFile>> {
+    match std::fs::read(path) {
+        Ok(b) if b.iter().all(u8::is_ascii_whitespace) => Ok(None),
+        Ok(b) => match serde_json::Deserializer::from_slice(&b).into_iter::<StatusFile>().next() {
+            Some(Ok(sf)) => Ok(Some(sf)),
+            Some(Err(e)) => Err(std::io::Error::other(e)),
+            None => Err(std::io::Error::other("empty status file")),
+        },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
@@ -153,6 +171,33 @@ mod tests {
         assert!(!outside.path().join("x").exists());
         write_input_file(dir.path(), "ok/x", "hi").unwrap();
         assert_eq!(std::fs::read_to_string(dir.path().join("ok/x")).unwrap(), "hi");
+    }
+
+    #[test]
+    fn status_is_written_in_place_and_read_back_whatever_a_crash_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("status.json");
+        assert_eq!(read_status(&p).unwrap(), None);
+        let mut long = StatusFile { uid: "u".into(), attempt: 1, ..Default::default() };
+        long.status.message = Some("x".repeat(500));
+        write_status(&p, &long).unwrap();
+        let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&p).unwrap());
+        let short = StatusFile { uid: "u".into(), attempt: 2, ..Default::default() };
+        write_status(&p, &short).unwrap();
+        assert_eq!(read_status(&p).unwrap(), Some(short.clone()));
+        assert_eq!(std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&p).unwrap()), ino, "same inode");
+
+        // A crash between the write and the truncation: the new document, then the old tail.
+        let mut torn = serde_json::to_vec_pretty(&short).unwrap();
+        torn.extend_from_slice(&serde_json::to_vec_pretty(&long).unwrap()[200..]);
+        std::fs::write(&p, &torn).unwrap();
+        assert_eq!(read_status(&p).unwrap(), Some(short));
+        // A crash between creating the file and writing it.
+        std::fs::write(&p, "").unwrap();
+        assert_eq!(read_status(&p).unwrap(), None);
+        // Garbage is an error, not a missing file.
+        std::fs::write(&p, "{not json").unwrap();
+        assert!(read_status(&p).is_err());
     }
 
     #[test]

@@ -1,12 +1,23 @@
 //! The local adapter: each attempt is a child process of the server, in a run folder
 //! `<base>/runs/<namespace>/<run>/` (layout and guarantees in `docs/runtime.md`).
+//!
+//! The path of one attempt, and the only places it leaves the async runtime:
+//!
+//! 1. `submit`: one blocking call checks the run folder and writes `.agent/status.json`
+//!    (`Pending`); the attempt's task is spawned and `submit` returns.
+//! 2. The task renders the templates and, with a git source, prepares the workspace (async git).
+//! 3. One blocking call (`launch`) writes the spec files, the input files, finds the binary, sets
+//!    up the log FIFO and its drain thread, spawns the agent and writes `status.json` (`Running`
+//!    with the pid) — or the final status when the attempt cannot start.
+//! 4. The task waits for the exit (or the deadline, or a cancel), then one blocking call writes
+//!    the final status; subscribers are told after that write.
 
 mod files;
 mod git;
 mod log;
 mod process;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,7 +30,7 @@ use chrono::Utc;
 use nix::sys::signal::Signal;
 use nix::sys::stat::Mode;
 use serde_json::{Value, json};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio::task::AbortHandle;
 
 use self::files::StatusFile;
@@ -30,6 +41,8 @@ use crate::template::render;
 
 /// The `PATH` an agent gets unless its provider's `envTemplate` or its Agent's `env` sets one.
 pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+/// Default of [`LocalConfig::events_capacity`].
+pub const EVENTS_CAPACITY: usize = 4096;
 const REF_PREFIX: &str = "local:";
 
 /// Knobs of the local adapter.
@@ -42,10 +55,17 @@ pub struct LocalConfig {
     /// The agent's default `PATH`, also used to find the provider's binary and `git`.
     pub path: String,
     /// How long to wait, after the agent exits, for the rest of its output (processes that left
-    /// the group may hold the log open); default 5 s.
+    /// the group may hold the log open); default 5 s. A normal exit does not wait for it: the
+    /// drain ends as soon as the last writer closes the output.
     pub log_drain_timeout: Duration,
     /// How often a re-adopted process (not our child after a restart) is checked; default 500 ms.
     pub adopt_poll_interval: Duration,
+    /// How many finished attempts stay in memory (default 10 000); older ones are forgotten and
+    /// read back from their run folder when asked about.
+    pub finished_cache: usize,
+    /// How many terminal notifications a [`RuntimeAdapter::subscribe`] receiver may fall behind
+    /// before it gets `Lagged` (default 4096; taken as 1 to 1 048 576).
+    pub events_capacity: usize,
 }
 
 impl Default for LocalConfig {
@@ -56,6 +76,8 @@ impl Default for LocalConfig {
             path: DEFAULT_PATH.to_string(),
             log_drain_timeout: Duration::from_secs(5),
             adopt_poll_interval: Duration::from_millis(500),
+            finished_cache: 10_000,
+            events_capacity: EVENTS_CAPACITY,
         }
     }
 }
@@ -74,22 +96,29 @@ struct Inner {
     cfg: LocalConfig,
     setsid: Option<PathBuf>,
     runs: Mutex<HashMap<String, Arc<Entry>>>,
+    /// Refs of finished attempts, oldest first (bounded by `cfg.finished_cache`).
+    finished: Mutex<VecDeque<String>>,
+    events: broadcast::Sender<RuntimeRef>,
 }
 
 /// One attempt known to this adapter.
 #[derive(Debug)]
 struct Entry {
+    r: RuntimeRef,
     dir: PathBuf,
     /// `None` until loaded or submitted; `Some(Err)` when that failed (the entry is then removed).
     /// Held by whoever sets the entry up, so others wait for the outcome.
     init: Arc<tokio::sync::Mutex<InitState>>,
+    /// What `status` answers; changed only after `.agent/status.json` says the same.
     state: Mutex<StatusFile>,
-    /// Serialises writes of `.agent/status.json`.
-    write: tokio::sync::Mutex<()>,
+    /// Serialises writes of `.agent/status.json` (held on a blocking thread only).
+    write: Mutex<()>,
     cancel: watch::Sender<bool>,
     task: Mutex<Option<AbortHandle>>,
     pump_stop: Mutex<Option<Arc<AtomicBool>>>,
     log_dropped: Mutex<Option<Arc<AtomicU64>>>,
+    /// Set when the adapter is dropped: a drain started after that is stopped at once.
+    detached: AtomicBool,
 }
 
 type InitState = Option<Result<(), RuntimeError>>;
@@ -100,16 +129,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Entry {
-    fn new(dir: PathBuf) -> Self {
+    fn new(r: RuntimeRef, dir: PathBuf) -> Self {
         Entry {
+            r,
             dir,
             init: Arc::new(tokio::sync::Mutex::new(None)),
             state: Mutex::new(StatusFile::default()),
-            write: tokio::sync::Mutex::new(()),
+            write: Mutex::new(()),
             cancel: watch::Sender::new(false),
             task: Mutex::new(None),
             pump_stop: Mutex::new(None),
             log_dropped: Mutex::new(None),
+            detached: AtomicBool::new(false),
         }
     }
 
@@ -129,35 +160,40 @@ impl Entry {
         lock(&self.state).clone()
     }
 
-    /// Changes the in-memory status and writes it to `.agent/status.json`.
-    async fn update(&self, f: impl FnOnce(&mut StatusFile)) {
-        let _w = self.write.lock().await;
-        let snapshot = {
-            let mut s = lock(&self.state);
-            f(&mut s);
-            s.clone()
-        };
-        if let Err(e) = files::write_json(&self.status_path(), &snapshot).await {
+    fn is_terminal(&self) -> bool {
+        lock(&self.state).status.phase.is_terminal()
+    }
+
+    /// Changes the status: writes `.agent/status.json` first, then what `status` answers, so a
+    /// caller never sees a state that a restarted server would not find. Blocking.
+    fn update_blocking(&self, f: impl FnOnce(&mut StatusFile)) {
+        let _w = lock(&self.write);
+        let mut next = lock(&self.state).clone();
+        f(&mut next);
+        if let Err(e) = files::write_status(&self.status_path(), &next) {
             tracing::error!(dir = %self.dir.display(), error = %e, "cannot write status.json");
+        }
+        *lock(&self.state) = next;
+    }
+
+    /// [`Entry::update_blocking`] on the blocking pool.
+    async fn update(self: &Arc<Self>, f: impl FnOnce(&mut StatusFile) + Send + 'static) {
+        let e = self.clone();
+        if let Err(err) = tokio::task::spawn_blocking(move || e.update_blocking(f)).await {
+            tracing::error!(dir = %self.dir.display(), error = %err, "status update failed");
         }
     }
 
-    /// Ends the attempt with `status` (keeps what is already known, such as `startedAt`).
-    async fn finish(&self, status: RuntimeStatus) {
-        self.update(|s| {
-            let started = s.status.started_at;
-            let base = s.status.base_commit.take();
-            s.status = RuntimeStatus {
-                started_at: status.started_at.or(started),
-                base_commit: status.base_commit.clone().or(base),
-                finished_at: Some(Utc::now()),
-                ..status
-            };
-        })
-        .await;
+    fn set_pump(&self, pump: &log::Pump) {
+        *lock(&self.pump_stop) = Some(pump.stop.clone());
+        *lock(&self.log_dropped) = Some(pump.dropped.clone());
+        if self.detached.load(Ordering::SeqCst) {
+            pump.stop.store(true, Ordering::Relaxed);
+        }
     }
 
     fn detach(&self) {
+        self.detached.store(true, Ordering::SeqCst);
         if let Some(t) = lock(&self.task).take() {
             t.abort();
         }
@@ -187,6 +223,18 @@ fn parse_ref(r: &str) -> Option<RefParts<'_>> {
     Some(RefParts { namespace, name, uid, attempt })
 }
 
+fn make_ref(namespace: &str, name: &str, uid: &str, attempt: u32) -> String {
+    format!("{REF_PREFIX}{namespace}/{name}/{uid}/{attempt}")
+}
+
+/// What `submit` found in the run folder.
+enum Opened {
+    /// A new attempt: its `Pending` status is written.
+    Fresh(StatusFile),
+    /// This attempt was submitted before (by an earlier server): adopt it, start nothing.
+    Existing(StatusFile),
+}
+
 impl LocalAdapter {
     /// An adapter keeping its run folders under `<base_dir>/runs/`, with default settings.
     pub fn new(base_dir: impl Into<PathBuf>) -> Self {
@@ -196,14 +244,22 @@ impl LocalAdapter {
     pub fn with_config(base_dir: impl Into<PathBuf>, cfg: LocalConfig) -> Self {
         let base = base_dir.into();
         let base = std::path::absolute(&base).unwrap_or(base);
+        let (events, _) = broadcast::channel(cfg.events_capacity.clamp(1, 1 << 20));
         LocalAdapter {
-            inner: Arc::new(Inner { base, cfg, setsid: process::find_setsid(), runs: Mutex::new(HashMap::new()) }),
+            inner: Arc::new(Inner {
+                base,
+                cfg,
+                setsid: process::find_setsid(),
+                runs: Mutex::new(HashMap::new()),
+                finished: Mutex::new(VecDeque::new()),
+                events,
+            }),
         }
     }
 
     /// The run folder of a run: `<base>/runs/<namespace>/<name>/`.
     pub fn run_dir(&self, namespace: &str, name: &str) -> PathBuf {
-        self.inner.base.join("runs").join(namespace).join(name)
+        self.inner.run_dir(namespace, name)
     }
 
     /// Whether agents also get their own session (`setsid(1)` was found), not only their own
@@ -218,14 +274,14 @@ impl LocalAdapter {
         if let Some(e) = runs.get(r.as_str()) {
             return (e.clone(), None);
         }
-        let e = Arc::new(Entry::new(self.run_dir(namespace, name)));
+        let e = Arc::new(Entry::new(r.clone(), self.run_dir(namespace, name)));
         let g = e.init.clone().try_lock_owned().ok();
         runs.insert(r.0.clone(), e.clone());
         (e, g)
     }
 
     /// Finds the entry of `r`, loading (and re-adopting) it from disk if this adapter has not
-    /// seen it yet.
+    /// seen it yet (or has forgotten it).
     async fn entry_for(&self, r: &RuntimeRef) -> Result<Arc<Entry>, RuntimeError> {
         let parts = parse_ref(r.as_str()).ok_or_else(|| RuntimeError::not_found(format!("not a local ref: {r}")))?;
         let (entry, mut guard) = self.get_or_insert(r, parts.namespace, parts.name);
@@ -246,17 +302,46 @@ impl LocalAdapter {
         }
     }
 
-    /// Reads `.agent/status.json` of a ref nobody here submitted, and re-adopts it.
+    /// Reads `.agent/status.json` of a ref nobody here submitted, and re-adopts it. An attempt
+    /// that a later attempt of the same run replaced is read from its archive
+    /// (`.agent/status.attempt-N.json`).
     async fn load(&self, entry: &Arc<Entry>, parts: &RefParts<'_>) -> Result<(), RuntimeError> {
-        let sf = files::read_status(&entry.status_path())
-            .await
-            .map_err(|e| RuntimeError::unavailable(format!("cannot read {}: {e}", entry.status_path().display())))?
-            .ok_or_else(|| RuntimeError::not_found(format!("no run folder for {}/{}", parts.namespace, parts.name)))?;
+        let path = entry.status_path();
+        let archive = entry.dir.join(format!(".agent/status.attempt-{}.json", parts.attempt));
+        let (uid, attempt) = (parts.uid.to_string(), parts.attempt);
+        let read = tokio::task::spawn_blocking(move || -> std::io::Result<(Option<StatusFile>, bool)> {
+            match files::read_status(&path)? {
+                Some(sf) if sf.uid == uid && sf.attempt > attempt => match files::read_status(&archive)? {
+                    Some(a) => Ok((Some(a), true)),
+                    None => Ok((Some(sf), false)),
+                },
+                other => Ok((other, false)),
+            }
+        })
+        .await
+        .map_err(|e| RuntimeError::unavailable(format!("cannot read {}: {e}", entry.status_path().display())))?;
+        let (sf, archived) =
+            read.map_err(|e| RuntimeError::unavailable(format!("cannot read {}: {e}", entry.status_path().display())))?;
+        let sf =
+            sf.ok_or_else(|| RuntimeError::not_found(format!("no run folder for {}/{}", parts.namespace, parts.name)))?;
         if sf.uid != parts.uid || sf.attempt != parts.attempt {
             return Err(RuntimeError::not_found(format!(
                 "run folder of {}/{} holds uid {} attempt {}, not uid {} attempt {}",
                 parts.namespace, parts.name, sf.uid, sf.attempt, parts.uid, parts.attempt
             )));
+        }
+        if archived {
+            // Replaced by a later attempt: only read, never written (status.json is no longer
+            // this attempt's).
+            let mut sf = sf;
+            if !sf.status.phase.is_terminal() {
+                let started = sf.status.started_at;
+                sf.status = RuntimeStatus::failed(StatusReason::Lost, "replaced by a later attempt before it ended");
+                sf.status.started_at = started;
+            }
+            *lock(&entry.state) = sf;
+            self.inner.remember_finished(&entry.r);
+            return Ok(());
         }
         self.adopt(entry, sf).await;
         Ok(())
@@ -267,25 +352,19 @@ impl LocalAdapter {
     async fn adopt(&self, entry: &Arc<Entry>, sf: StatusFile) {
         *lock(&entry.state) = sf.clone();
         if sf.status.phase.is_terminal() {
+            self.inner.remember_finished(&entry.r);
             return;
         }
         let exit_file = entry.dir.join(".agent/exit-code");
         let Some(pid) = sf.pid else {
-            entry
-                .finish(RuntimeStatus::failed(StatusReason::Lost, "the server stopped before the agent was started"))
-                .await;
-            return;
+            let s = RuntimeStatus::failed(StatusReason::Lost, "the server stopped before the agent was started");
+            return self.inner.finish(entry, s).await;
         };
         let alive = process::is_alive(pid, sf.proc_start_time);
         if !alive && !exit_file.exists() {
             process::signal_group(sf.pgid.unwrap_or(pid), Some(Signal::SIGKILL));
-            entry
-                .finish(RuntimeStatus::failed(
-                    StatusReason::Lost,
-                    format!("process {pid} ended while no server watched it and recorded no exit code"),
-                ))
-                .await;
-            return;
+            let msg = format!("process {pid} ended while no server watched it and recorded no exit code");
+            return self.inner.finish(entry, RuntimeStatus::failed(StatusReason::Lost, msg)).await;
         }
         tracing::info!(dir = %entry.dir.display(), pid, alive, "re-adopting agent process");
         if sf.cancel_requested {
@@ -303,6 +382,9 @@ impl LocalAdapter {
             }
             Err(_) => None,
         };
+        if let Some(p) = &pump {
+            entry.set_pump(p);
+        }
         let proc = Proc::Adopted { pid, start_time: sf.proc_start_time, exit_file };
         let launched = Launched { proc, pid, pgid: sf.pgid.unwrap_or(pid), deadline: sf.deadline, pump };
         let (inner, e) = (self.inner.clone(), entry.clone());
@@ -310,53 +392,14 @@ impl LocalAdapter {
         *lock(&entry.task) = Some(handle.abort_handle());
     }
 
+    /// Records the attempt in its run folder (one blocking call) and starts its task.
     async fn start(
         &self,
         spec: &RunSpec,
         entry: &Arc<Entry>,
         agent_env: Vec<(String, SecretValue)>,
     ) -> Result<(), RuntimeError> {
-        let dir = &entry.dir;
-        let io = |what: &str, e: std::io::Error| RuntimeError::submit_failed(format!("{what}: {e}"));
-        if let Some(existing) = files::read_status(&entry.status_path()).await.map_err(|e| io("status.json", e))? {
-            let alive = !existing.status.phase.is_terminal()
-                && existing.pid.is_some_and(|p| process::is_alive(p, existing.proc_start_time));
-            if existing.uid == spec.run.uid {
-                if existing.attempt == spec.attempt {
-                    // Submitted before (by an earlier server): never start it twice.
-                    self.adopt(entry, existing).await;
-                    return Ok(());
-                }
-                if existing.attempt > spec.attempt {
-                    return Err(RuntimeError::invalid_spec(format!(
-                        "attempt {} was superseded by attempt {}",
-                        spec.attempt, existing.attempt
-                    )));
-                }
-                if alive {
-                    return Err(RuntimeError::unavailable(format!("attempt {} is still running", existing.attempt)));
-                }
-                let archive = dir.join(format!(".agent/status.attempt-{}.json", existing.attempt));
-                tokio::fs::copy(entry.status_path(), archive).await.map_err(|e| io("archive status.json", e))?;
-            } else {
-                if alive {
-                    return Err(RuntimeError::unavailable(format!(
-                        "an earlier run with this name (uid {}) is still running",
-                        existing.uid
-                    )));
-                }
-                tokio::fs::remove_dir_all(dir).await.map_err(|e| io("remove the earlier run's folder", e))?;
-            }
-        }
-        for sub in [".agent", "artifacts"] {
-            tokio::fs::create_dir_all(dir.join(sub)).await.map_err(|e| io(sub, e))?;
-        }
-        files::write_json(&dir.join("run.json"), &spec.run_spec).await.map_err(|e| io("run.json", e))?;
-        files::write_json(&dir.join("agent-runner.json"), &runner_spec(spec, dir))
-            .await
-            .map_err(|e| io("agent-runner.json", e))?;
-        let _ = tokio::fs::remove_file(dir.join(".agent/exit-code")).await;
-        let sf = StatusFile {
+        let fresh = StatusFile {
             uid: spec.run.uid.clone(),
             attempt: spec.attempt,
             outputs: spec.provider.output_artifacts.iter().map(|a| (a.name.clone(), a.path.clone())).collect(),
@@ -364,18 +407,120 @@ impl LocalAdapter {
             log_cap_bytes: Some(spec.log_cap_bytes),
             ..Default::default()
         };
-        *lock(&entry.state) = sf.clone();
-        files::write_json(&entry.status_path(), &sf).await.map_err(|e| io("status.json", e))?;
-        let (inner, e, spec) = (self.inner.clone(), entry.clone(), spec.clone());
-        let handle = tokio::spawn(async move { run_attempt(inner, e, spec, agent_env).await });
-        *lock(&entry.task) = Some(handle.abort_handle());
+        let (inner, dir) = (self.inner.clone(), entry.dir.clone());
+        let (namespace, name) = (spec.run.namespace.clone(), spec.run.name.clone());
+        let opened = tokio::task::spawn_blocking(move || inner.open_attempt(&dir, &namespace, &name, fresh))
+            .await
+            .map_err(|e| RuntimeError::submit_failed(format!("run folder: {e}")))??;
+        match opened {
+            Opened::Existing(existing) => self.adopt(entry, existing).await,
+            Opened::Fresh(sf) => {
+                *lock(&entry.state) = sf;
+                let (inner, e, spec) = (self.inner.clone(), entry.clone(), spec.clone());
+                let handle = tokio::spawn(async move { run_attempt(inner, e, spec, agent_env).await });
+                *lock(&entry.task) = Some(handle.abort_handle());
+            }
+        }
         Ok(())
     }
 }
 
 impl Inner {
+    fn run_dir(&self, namespace: &str, name: &str) -> PathBuf {
+        self.base.join("runs").join(namespace).join(name)
+    }
+
     fn git_env<'a>(&'a self, home: &'a Path) -> git::GitEnv<'a> {
         git::GitEnv { home, path_var: &self.cfg.path, timeout: self.cfg.git_timeout }
+    }
+
+    /// Whether this adapter still works on that attempt (it may be past its exit, collecting
+    /// artifacts, with `status.json` not yet final).
+    fn busy(&self, namespace: &str, name: &str, uid: &str, attempt: u32) -> bool {
+        let key = make_ref(namespace, name, uid, attempt);
+        let e = lock(&self.runs).get(&key).cloned();
+        e.is_some_and(|e| !e.is_terminal())
+    }
+
+    /// Blocking part of `submit`: decides from `.agent/status.json` whether this is a new
+    /// attempt, one submitted before, or one that must wait; a new attempt's `Pending` status is
+    /// written before this returns (so a restarted server finds it and never starts it twice).
+    fn open_attempt(&self, dir: &Path, namespace: &str, name: &str, fresh: StatusFile) -> Result<Opened, RuntimeError> {
+        let io = |what: &str, e: std::io::Error| RuntimeError::submit_failed(format!("{what}: {e}"));
+        let status_path = dir.join(".agent/status.json");
+        if let Some(existing) = files::read_status(&status_path).map_err(|e| io("status.json", e))? {
+            let alive = self.busy(namespace, name, &existing.uid, existing.attempt)
+                || (!existing.status.phase.is_terminal()
+                    && existing.pid.is_some_and(|p| process::is_alive(p, existing.proc_start_time)));
+            if existing.uid == fresh.uid {
+                if existing.attempt == fresh.attempt {
+                    return Ok(Opened::Existing(existing));
+                }
+                if existing.attempt > fresh.attempt {
+                    return Err(RuntimeError::invalid_spec(format!(
+                        "attempt {} was superseded by attempt {}",
+                        fresh.attempt, existing.attempt
+                    )));
+                }
+                if alive {
+                    return Err(RuntimeError::unavailable(format!("attempt {} is still running", existing.attempt)));
+                }
+                let archive = dir.join(format!(".agent/status.attempt-{}.json", existing.attempt));
+                std::fs::copy(&status_path, archive).map_err(|e| io("archive status.json", e))?;
+            } else {
+                if alive {
+                    return Err(RuntimeError::unavailable(format!(
+                        "an earlier run with this name (uid {}) is still running",
+                        existing.uid
+                    )));
+                }
+                std::fs::remove_dir_all(dir).map_err(|e| io("remove the earlier run's folder", e))?;
+            }
+        }
+        for sub in [".agent", "artifacts"] {
+            std::fs::create_dir_all(dir.join(sub)).map_err(|e| io(sub, e))?;
+        }
+        files::write_status(&status_path, &fresh).map_err(|e| io("status.json", e))?;
+        Ok(Opened::Fresh(fresh))
+    }
+
+    /// Ends the attempt with `status` (keeps what is already known, such as `startedAt`), then
+    /// tells subscribers. Blocking.
+    fn finish_blocking(&self, entry: &Entry, status: RuntimeStatus) {
+        entry.update_blocking(|s| {
+            let started = s.status.started_at;
+            let base = s.status.base_commit.take();
+            s.status = RuntimeStatus {
+                started_at: status.started_at.or(started),
+                base_commit: status.base_commit.clone().or(base),
+                finished_at: Some(Utc::now()),
+                ..status
+            };
+        });
+        let _ = self.events.send(entry.r.clone());
+        self.remember_finished(&entry.r);
+    }
+
+    /// [`Inner::finish_blocking`] on the blocking pool.
+    async fn finish(self: &Arc<Self>, entry: &Arc<Entry>, status: RuntimeStatus) {
+        let (inner, e) = (self.clone(), entry.clone());
+        if let Err(err) = tokio::task::spawn_blocking(move || inner.finish_blocking(&e, status)).await {
+            tracing::error!(dir = %entry.dir.display(), error = %err, "cannot record the end of an attempt");
+        }
+    }
+
+    /// Keeps at most `finished_cache` finished attempts in memory; older ones are read back from
+    /// disk when asked about.
+    fn remember_finished(&self, r: &RuntimeRef) {
+        let mut q = lock(&self.finished);
+        q.push_back(r.0.clone());
+        while q.len() > self.cfg.finished_cache {
+            let Some(old) = q.pop_front() else { break };
+            let mut runs = lock(&self.runs);
+            if runs.get(&old).is_some_and(|e| e.is_terminal()) {
+                runs.remove(&old);
+            }
+        }
     }
 }
 
@@ -405,6 +550,20 @@ fn check_spec(spec: &RunSpec) -> Result<Vec<(String, SecretValue)>, RuntimeError
     }
     if spec.provider.binary.is_empty() {
         return Err(RuntimeError::invalid_spec("provider.binary is empty"));
+    }
+    if let Some(step) = &spec.step {
+        if step.index >= step.count {
+            return Err(RuntimeError::invalid_spec(format!(
+                "step.index {} must be below step.count {} (indexes start at 0)",
+                step.index, step.count
+            )));
+        }
+        if step.name.is_empty() || step.name.len() > 253 || step.name.chars().any(char::is_control) {
+            return Err(RuntimeError::invalid_spec(
+                "step.name must be 1 to 253 bytes without control characters (it names the step in the log and \
+                 in AGENT_STEP_NAME)",
+            ));
+        }
     }
     let root = Path::new("/run");
     for (i, f) in spec.provider.input_files.iter().enumerate() {
@@ -468,6 +627,7 @@ fn template_context(spec: &RunSpec, dir: &Path) -> Value {
         "memory": spec.memory,
         "workspace": workspace_json(spec, dir),
         "gateway": {"url": spec.gateway_url},
+        "step": spec.step,
     })
 }
 
@@ -490,6 +650,7 @@ fn runner_spec(spec: &RunSpec, dir: &Path) -> Value {
             "name": spec.run.name, "uid": spec.run.uid, "namespace": spec.run.namespace,
             "attempt": spec.attempt, "spec": spec.run_spec,
         },
+        "step": spec.step,
         "agent": {"name": spec.agent_name, "config": spec.agent.config},
         "implementation": spec.implementation,
         "parameters": spec.parameters,
@@ -501,11 +662,26 @@ fn runner_spec(spec: &RunSpec, dir: &Path) -> Value {
     })
 }
 
-/// What `prepare` hands to the spawn.
+/// The line that opens an attempt's output in `runner.log`: every attempt after the first, and
+/// every workflow step, gets one (`--- attempt 2 (step build 2/3) ---`).
+fn attempt_header(spec: &RunSpec) -> Option<String> {
+    match &spec.step {
+        Some(s) => Some(format!("--- attempt {} (step {} {}/{}) ---\n", spec.attempt, s.name, s.index + 1, s.count)),
+        None if spec.attempt > 1 => Some(format!("--- attempt {} ---\n", spec.attempt)),
+        None => None,
+    }
+}
+
+/// What `prepare` hands to `launch`.
 struct Prepared {
-    program: PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// Rendered input files: (path relative to the run folder, content).
+    inputs: Vec<(String, String)>,
+    /// The commit a git workspace was checked out at.
+    base_commit: Option<String>,
+    /// Without a git source, `launch` makes sure `workspace/` exists (keeping what is in it).
+    create_workspace: bool,
 }
 
 /// The agent process, whether our child or re-adopted after a restart.
@@ -550,8 +726,8 @@ struct Launched {
     pump: Option<log::Pump>,
 }
 
-/// Renders templates, prepares the workspace and input files, and finds the binary. Any failure
-/// is the attempt's final status.
+/// Renders the templates and prepares a git workspace (the async part of starting an attempt).
+/// Any failure is the attempt's final status.
 async fn prepare(
     inner: &Inner,
     entry: &Entry,
@@ -591,6 +767,11 @@ async fn prepare(
     for (k, v) in reserved {
         env.insert(k.into(), v);
     }
+    if let Some(step) = &spec.step {
+        env.insert("AGENT_STEP_NAME".into(), step.name.clone());
+        env.insert("AGENT_STEP_INDEX".into(), step.index.to_string());
+        env.insert("AGENT_STEP_COUNT".into(), step.count.to_string());
+    }
     if let Some(url) = &spec.gateway_url {
         env.insert("AGENTPLANE_GATEWAY_URL".into(), url.clone());
     }
@@ -601,117 +782,167 @@ async fn prepare(
         .enumerate()
         .map(|(i, f)| Ok((f.path.clone(), tmpl(format!("inputFiles[{i}] ({})", f.path), &f.content)?)))
         .collect::<Result<Vec<_>, RuntimeStatus>>()?;
-
-    // The workspace: a fresh clone, the clone of an earlier attempt, or an empty folder.
-    let ws = dir.join("workspace");
-    let ws_err = |m: String| RuntimeStatus::failed(StatusReason::WorkspaceError, m);
-    if let Some(src) = &spec.workspace {
-        let base_file = dir.join(".agent/base-commit");
-        // A retry reuses a clone that completed (its base commit was recorded).
-        let base = if spec.attempt > 1 && ws.join(".git").exists() && base_file.exists() {
-            tokio::fs::read_to_string(&base_file).await.ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
-        } else {
-            if tokio::fs::try_exists(&ws).await.unwrap_or(false) {
-                tokio::fs::remove_dir_all(&ws).await.map_err(|e| ws_err(format!("clean workspace: {e}")))?;
-            }
-            let res = git::clone(&src.repository, src.ref_.as_deref(), &ws, inner.git_env(dir)).await;
-            let base = match res {
-                Ok(b) => b,
-                Err(m) => {
-                    let _ = tokio::fs::remove_dir_all(&ws).await;
-                    return Err(ws_err(m));
-                }
-            };
-            if let Some(b) = &base {
-                tokio::fs::write(&base_file, b).await.map_err(|e| ws_err(format!("record base commit: {e}")))?;
-            }
-            base
-        };
-        entry.update(|s| s.status.base_commit = base).await;
-    } else {
-        tokio::fs::create_dir_all(&ws).await.map_err(|e| ws_err(format!("create workspace: {e}")))?;
-    }
-    let root = dir.clone();
-    tokio::task::spawn_blocking(move || {
-        for (i, (path, content)) in inputs.iter().enumerate() {
-            files::write_input_file(&root, path, content).map_err(|m| format!("inputFiles[{i}]: {m}"))?;
-        }
-        Ok::<(), String>(())
+    let base_commit = match &spec.workspace {
+        Some(src) => git_workspace(inner, dir, spec, src).await?,
+        None => None,
+    };
+    Ok(Prepared {
+        args,
+        env: env.into_iter().collect(),
+        inputs,
+        base_commit,
+        create_workspace: spec.workspace.is_none(),
     })
-    .await
-    .map_err(|e| ws_err(e.to_string()))?
-    .map_err(ws_err)?;
+}
 
-    let path_var = env.get("PATH").cloned().unwrap_or_default();
-    let program = process::resolve_binary(&spec.provider.binary, &path_var, &ws)
-        .map_err(|m| RuntimeStatus::failed(StatusReason::MissingBinary, m))?;
-    Ok(Prepared { program, args, env: env.into_iter().collect() })
+/// The git workspace of an attempt: a fresh clone, or the one an earlier attempt left.
+///
+/// - A later workflow step (`step.index > 0`) keeps `workspace/` exactly as the previous step left
+///   it, whatever is in it; it clones only when there is no `workspace/` at all.
+/// - Any other attempt after the first (a retry) keeps a clone that completed (its base commit
+///   was recorded) as the failed attempt left it — changes included, nothing is reset; an
+///   incomplete one is removed and cloned again.
+/// - A first attempt clones.
+async fn git_workspace(
+    inner: &Inner,
+    dir: &Path,
+    spec: &RunSpec,
+    src: &crate::spec::WorkspaceSpec,
+) -> Result<Option<String>, RuntimeStatus> {
+    let ws = dir.join("workspace");
+    let base_file = dir.join(".agent/base-commit");
+    let ws_err = |m: String| RuntimeStatus::failed(StatusReason::WorkspaceError, m);
+    let exists = |p: PathBuf| async move { tokio::fs::try_exists(p).await.unwrap_or(false) };
+    let ws_exists = tokio::fs::metadata(&ws).await.is_ok_and(|m| m.is_dir());
+    let keep = match &spec.step {
+        Some(step) if step.index > 0 => ws_exists,
+        _ => spec.attempt > 1 && ws_exists && exists(ws.join(".git")).await && exists(base_file.clone()).await,
+    };
+    if keep {
+        return Ok(tokio::fs::read_to_string(&base_file)
+            .await
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty()));
+    }
+    if tokio::fs::symlink_metadata(&ws).await.is_ok() {
+        tokio::fs::remove_dir_all(&ws).await.map_err(|e| ws_err(format!("clean workspace: {e}")))?;
+    }
+    let _ = tokio::fs::remove_file(&base_file).await;
+    let base = match git::clone(&src.repository, src.ref_.as_deref(), &ws, inner.git_env(dir)).await {
+        Ok(b) => b,
+        Err(m) => {
+            let _ = tokio::fs::remove_dir_all(&ws).await;
+            return Err(ws_err(m));
+        }
+    };
+    if let Some(b) = &base {
+        tokio::fs::write(&base_file, b).await.map_err(|e| ws_err(format!("record base commit: {e}")))?;
+    }
+    Ok(base)
+}
+
+fn cancelled_before_start() -> RuntimeStatus {
+    let mut s = RuntimeStatus::failed(StatusReason::Cancelled, "cancelled before the agent started");
+    s.phase = RunPhase::Cancelled;
+    s
 }
 
 /// The life of one attempt submitted by this adapter.
 async fn run_attempt(inner: Arc<Inner>, entry: Arc<Entry>, spec: RunSpec, agent_env: Vec<(String, SecretValue)>) {
     let mut cancel_rx = entry.cancel.subscribe();
-    let cancelled = || {
-        let mut s = RuntimeStatus::failed(StatusReason::Cancelled, "cancelled before the agent started");
-        s.phase = RunPhase::Cancelled;
-        s
-    };
     let prepared = tokio::select! {
         p = prepare(&inner, &entry, &spec, agent_env) => p,
-        _ = cancel_rx.wait_for(|c| *c) => Err(cancelled()),
+        _ = cancel_rx.wait_for(|c| *c) => Err(cancelled_before_start()),
     };
-    let prepared = match prepared {
-        Ok(p) if *cancel_rx.borrow() => {
-            drop(p);
-            Err(cancelled())
+    let (i, e) = (inner.clone(), entry.clone());
+    match tokio::task::spawn_blocking(move || launch(&i, &e, &spec, prepared)).await {
+        Ok(Some(launched)) => supervise(inner, entry, launched).await,
+        Ok(None) => {}
+        Err(err) => {
+            let s = RuntimeStatus::failed(StatusReason::SubmitFailed, format!("starting the agent failed: {err}"));
+            inner.finish(&entry, s).await;
         }
-        other => other,
+    }
+}
+
+/// The blocking part of starting an attempt: spec files, input files, the binary, the log, the
+/// spawn, and `status.json` with the pid (what a restarted server needs to re-adopt the process)
+/// — in that order. Returns `None` when the attempt ended before its process started (its final
+/// status is then written).
+fn launch(inner: &Inner, entry: &Entry, spec: &RunSpec, prepared: Result<Prepared, RuntimeStatus>) -> Option<Launched> {
+    let dir = &entry.dir;
+    let log_path = dir.join(".agent/runner.log");
+    let cap = spec.log_cap_bytes;
+    if let Some(h) = attempt_header(spec)
+        && let Err(e) = log::append_line(&log_path, cap, &h)
+    {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot write to runner.log");
+    }
+    let base = prepared.as_ref().ok().and_then(|p| p.base_commit.clone());
+    let not_started = |mut status: RuntimeStatus| {
+        tracing::debug!(dir = %dir.display(), reason = ?status.reason, "attempt ended before start");
+        // Say it in the log too, so that `run logs` explains an agent that never started.
+        let line = format!(
+            "[agentplane: attempt {} not started: {}: {}]\n",
+            spec.attempt,
+            status.reason.map(|r| r.as_str()).unwrap_or("Failed"),
+            status.message.as_deref().unwrap_or_default()
+        );
+        let _ = log::append_line(&log_path, cap, &line);
+        status.base_commit = status.base_commit.or(base.clone());
+        inner.finish_blocking(entry, status);
+        None
     };
-    let p = match prepared {
+    // The spec files, also for an attempt that does not start (they explain it).
+    let written =
+        files::write_json(&dir.join("run.json"), &spec.run_spec).map_err(|e| format!("run.json: {e}")).and_then(|()| {
+            files::write_json(&dir.join("agent-runner.json"), &runner_spec(spec, dir))
+                .map_err(|e| format!("agent-runner.json: {e}"))
+        });
+    let p = match (prepared, written) {
+        (Err(s), _) => return not_started(s),
+        (Ok(_), Err(m)) => return not_started(RuntimeStatus::failed(StatusReason::SubmitFailed, m)),
+        (Ok(p), Ok(())) => p,
+    };
+    let ws = dir.join("workspace");
+    let ws_err = |m: String| RuntimeStatus::failed(StatusReason::WorkspaceError, m);
+    if p.create_workspace
+        && let Err(e) = std::fs::create_dir_all(&ws)
+    {
+        return not_started(ws_err(format!("create workspace: {e}")));
+    }
+    for (i, (path, content)) in p.inputs.iter().enumerate() {
+        if let Err(m) = files::write_input_file(dir, path, content) {
+            return not_started(ws_err(format!("inputFiles[{i}]: {m}")));
+        }
+    }
+    let path_var = p.env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or_default();
+    let program = match process::resolve_binary(&spec.provider.binary, path_var, &ws) {
         Ok(p) => p,
-        Err(status) => {
-            tracing::info!(dir = %entry.dir.display(), reason = ?status.reason, "attempt ended before start");
-            // Say it in the log too, so that `run logs` explains an agent that never started.
-            let line = format!(
-                "[agentplane: attempt {} not started: {}: {}]\n",
-                spec.attempt,
-                status.reason.map(|r| r.as_str()).unwrap_or("Failed"),
-                status.message.as_deref().unwrap_or_default()
-            );
-            let (log_path, cap) = (entry.dir.join(".agent/runner.log"), spec.log_cap_bytes);
-            let _ = tokio::task::spawn_blocking(move || log::append_line(&log_path, cap, &line)).await;
-            entry.finish(status).await;
-            return;
-        }
+        Err(m) => return not_started(RuntimeStatus::failed(StatusReason::MissingBinary, m)),
     };
+    if *entry.cancel.borrow() {
+        return not_started(cancelled_before_start());
+    }
 
     // Output: a FIFO drained into the capped log (see log.rs).
-    let dir = entry.dir.clone();
-    let (cap, attempt) = (spec.log_cap_bytes, spec.attempt);
-    let setup = tokio::task::spawn_blocking(move || -> std::io::Result<(std::fs::File, log::Pump)> {
-        let fifo = dir.join(".agent/output.fifo");
-        let log_path = dir.join(".agent/runner.log");
+    let fifo = dir.join(".agent/output.fifo");
+    let exit_file = dir.join(".agent/exit-code");
+    let setup = || -> std::io::Result<(std::fs::File, log::Pump)> {
         let _ = std::fs::remove_file(&fifo);
+        let _ = std::fs::remove_file(&exit_file);
         nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o600)).map_err(std::io::Error::from)?;
         let output = std::fs::OpenOptions::new().read(true).write(true).open(&fifo)?;
-        if attempt > 1 {
-            log::append_line(&log_path, cap, &format!("[agentplane: attempt {attempt}]\n"))?;
-        }
         let pump = log::start_pump(&fifo, &log_path, cap)?;
         Ok((output, pump))
-    })
-    .await;
-    let (output, pump) = match setup {
-        Ok(Ok(x)) => x,
-        Ok(Err(e)) => {
-            return entry.finish(RuntimeStatus::failed(StatusReason::SubmitFailed, format!("log: {e}"))).await;
-        }
-        Err(e) => return entry.finish(RuntimeStatus::failed(StatusReason::SubmitFailed, e.to_string())).await,
     };
-    let exit_file = entry.dir.join(".agent/exit-code");
-    let ws = entry.dir.join("workspace");
+    let (output, pump) = match setup() {
+        Ok(x) => x,
+        Err(e) => return not_started(RuntimeStatus::failed(StatusReason::SubmitFailed, format!("log: {e}"))),
+    };
     let spawned = process::spawn(process::SpawnRequest {
-        program: &p.program,
+        program: &program,
         args: &p.args,
         env: &p.env,
         cwd: &ws,
@@ -723,30 +954,28 @@ async fn run_attempt(inner: Arc<Inner>, entry: Arc<Entry>, spec: RunSpec, agent_
         Ok(s) => s,
         Err(e) => {
             pump.stop.store(true, Ordering::Relaxed);
-            let msg = format!("cannot start {}: {e}", p.program.display());
-            return entry.finish(RuntimeStatus::failed(StatusReason::SubmitFailed, msg)).await;
+            let msg = format!("cannot start {}: {e}", program.display());
+            return not_started(RuntimeStatus::failed(StatusReason::SubmitFailed, msg));
         }
     };
-    *lock(&entry.pump_stop) = Some(pump.stop.clone());
-    *lock(&entry.log_dropped) = Some(pump.dropped.clone());
     let started = Utc::now();
+    entry.set_pump(&pump);
     let deadline =
         spec.timeout_seconds.map(|t| started + chrono::Duration::seconds(i64::try_from(t).unwrap_or(i64::MAX / 1000)));
     let pid = spawned.pid;
-    entry
-        .update(|s| {
-            s.status.phase = RunPhase::Running;
-            s.status.started_at = Some(started);
-            s.pid = Some(pid);
-            s.pgid = Some(pid);
-            s.proc_start_time = spawned.start_time;
-            s.session = Some(spawned.session);
-            s.deadline = deadline;
-        })
-        .await;
-    tracing::info!(dir = %entry.dir.display(), pid, "agent started");
-    let launched = Launched { proc: Proc::Child(spawned.child), pid, pgid: pid, deadline, pump: Some(pump) };
-    supervise(inner, entry, launched).await;
+    let base = p.base_commit;
+    entry.update_blocking(|s| {
+        s.status.phase = RunPhase::Running;
+        s.status.started_at = Some(started);
+        s.status.base_commit = base;
+        s.pid = Some(pid);
+        s.pgid = Some(pid);
+        s.proc_start_time = spawned.start_time;
+        s.session = Some(spawned.session);
+        s.deadline = deadline;
+    });
+    tracing::debug!(dir = %dir.display(), pid, "agent started");
+    Some(Launched { proc: Proc::Child(spawned.child), pid, pgid: pid, deadline, pump: Some(pump) })
 }
 
 enum Ended {
@@ -759,10 +988,6 @@ enum Ended {
 /// writes the final status.
 async fn supervise(inner: Arc<Inner>, entry: Arc<Entry>, l: Launched) {
     let Launched { mut proc, pid, pgid, deadline, pump } = l;
-    if let Some(p) = &pump {
-        *lock(&entry.pump_stop) = Some(p.stop.clone());
-        *lock(&entry.log_dropped) = Some(p.dropped.clone());
-    }
     let mut cancel_rx = entry.cancel.subscribe();
     let poll = inner.cfg.adopt_poll_interval;
     let until_deadline = async {
@@ -782,6 +1007,8 @@ async fn supervise(inner: Arc<Inner>, entry: Arc<Entry>, l: Launched) {
     // Whatever the main process left behind in its group goes with it.
     process::signal_group(pgid, Some(Signal::SIGKILL));
 
+    // The drain ends by itself when the last writer closes the output (at once, normally); the
+    // timeout only matters when a process that left the group still holds it.
     let mut dropped = 0;
     if let Some(p) = pump {
         if tokio::time::timeout(inner.cfg.log_drain_timeout, p.done).await.is_err() {
@@ -830,8 +1057,8 @@ async fn supervise(inner: Arc<Inner>, entry: Arc<Entry>, l: Launched) {
             None => joined,
         });
     }
-    tracing::info!(dir = %entry.dir.display(), phase = status.phase.as_str(), reason = ?status.reason, "attempt finished");
-    entry.finish(status).await;
+    tracing::debug!(dir = %entry.dir.display(), phase = status.phase.as_str(), reason = ?status.reason, "attempt finished");
+    inner.finish(&entry, status).await;
 }
 
 /// SIGTERM to the group, up to `grace` for it to go, then SIGKILL.
@@ -870,6 +1097,9 @@ async fn collect_artifacts(inner: &Inner, dir: &Path, sf: &StatusFile) -> (Vec<A
             Err(m) => notes.push(format!("workspace diff: {m}")),
         }
     }
+    if wanted.is_empty() {
+        return (Vec::new(), notes);
+    }
     let root = dir.to_path_buf();
     let res = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
@@ -903,10 +1133,7 @@ impl RuntimeAdapter for LocalAdapter {
 
     async fn submit(&self, spec: &RunSpec) -> Result<RuntimeRef, RuntimeError> {
         let agent_env = check_spec(spec)?;
-        let r = RuntimeRef(format!(
-            "{REF_PREFIX}{}/{}/{}/{}",
-            spec.run.namespace, spec.run.name, spec.run.uid, spec.attempt
-        ));
+        let r = RuntimeRef(make_ref(&spec.run.namespace, &spec.run.name, &spec.run.uid, spec.attempt));
         let (entry, mut guard) = self.get_or_insert(&r, &spec.run.namespace, &spec.run.name);
         let Some(g) = guard.as_mut() else {
             // Known already: the same attempt is never started twice.
@@ -929,11 +1156,16 @@ impl RuntimeAdapter for LocalAdapter {
 
     async fn cancel(&self, r: &RuntimeRef) -> Result<(), RuntimeError> {
         let entry = self.entry_for(r).await?;
-        if lock(&entry.state).status.phase.is_terminal() {
+        if entry.is_terminal() {
             return Ok(());
         }
         entry.update(|s| s.cancel_requested = true).await;
         entry.cancel.send_replace(true);
         Ok(())
+    }
+
+    /// Every attempt this adapter watches is announced once its terminal status is written.
+    fn subscribe(&self) -> Option<broadcast::Receiver<RuntimeRef>> {
+        Some(self.inner.events.subscribe())
     }
 }
