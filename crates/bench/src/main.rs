@@ -2,6 +2,9 @@
 //! throughput and latency percentiles; `docs/benchmarks.md` records the results.
 //!
 //! ```text
+//! cargo run --release --locked -p agentplane-bench -- submit      --ops 20000 --concurrency 1,16
+//! cargo run --release --locked -p agentplane-bench -- e2e         --runs 2000 --clients 16 --cap 100
+//! cargo run --release --locked -p agentplane-bench -- backlog     --waiting 100,100000
 //! cargo run --release --locked -p agentplane-bench -- store-write --ops 20000 --concurrency 1,16
 //! cargo run --release --locked -p agentplane-bench -- api-create  --ops 20000 --concurrency 1,16
 //! cargo run --release --locked -p agentplane-bench -- api-create  --ops 20000 --concurrency 16 --no-ledger
@@ -11,6 +14,9 @@
 //! ```
 
 #![allow(clippy::print_stdout)]
+
+mod backlog;
+mod e2e;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,9 +41,18 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Scenario {
+    /// Run submission: `POST .../agentruns` with an `Idempotency-Key` on every request, over
+    /// loopback HTTP against an in-process server whose controller is off (submission only).
+    Submit(SubmitOpts),
+    /// Runs of a trivial agent end to end (submit → controller → local process → terminal status):
+    /// runs/s and scheduling delay.
+    E2e(e2e::E2eOpts),
+    /// Scheduler dispatch cost with a large backlog versus a small one (pure, no server).
+    Backlog(backlog::BacklogOpts),
     /// Raw store creates through the Store trait (embedded SQLite, group commit).
     StoreWrite(Opts),
-    /// `POST /api/v1/namespaces/{ns}/agentruns` over loopback HTTP against an in-process server.
+    /// `POST /api/v1/namespaces/{ns}/agentruns` over loopback HTTP against an in-process server
+    /// (controller off).
     ApiCreate(Opts),
     /// Durable ledger appends through `Store::append`, in batches.
     LedgerAppend(LedgerOpts),
@@ -61,6 +76,19 @@ struct LedgerOpts {
 }
 
 #[derive(clap::Args, Debug, Clone)]
+struct SubmitOpts {
+    /// Submissions per concurrency level.
+    #[arg(long, default_value_t = 20_000)]
+    ops: usize,
+    /// Comma-separated concurrency levels (clients).
+    #[arg(long, default_value = "1,16", value_delimiter = ',')]
+    concurrency: Vec<usize>,
+    /// SQLite synchronous mode: normal (the default setting) or full.
+    #[arg(long, default_value = "normal")]
+    synchronous: String,
+}
+
+#[derive(clap::Args, Debug, Clone)]
 struct Opts {
     /// Operations per concurrency level.
     #[arg(long, default_value_t = 20_000)]
@@ -79,11 +107,11 @@ struct Opts {
     idempotency_keys: bool,
 }
 
-fn run_manifest(name: &str) -> Value {
+fn run_manifest(namespace: &str, name: &str) -> Value {
     json!({
         "apiVersion": "agentplane.dev/v1alpha1",
         "kind": "AgentRun",
-        "metadata": {"name": name, "namespace": "bench", "labels": {"bench": "true"}},
+        "metadata": {"name": name, "namespace": namespace, "labels": {"bench": "true"}},
         "spec": {
             "agentRef": {"name": "shell-agent"},
             "implementationSpecRef": {"name": "hello-world"},
@@ -226,8 +254,20 @@ async fn ledger_query(opts: LedgerOpts) -> Result<()> {
 }
 
 fn report(scenario: &str, opts: &Opts, concurrency: usize, elapsed: Duration, hist: &Histogram<u64>, errors: usize) {
+    report_with(scenario, opts, concurrency, elapsed, hist, errors, json!({}));
+}
+
+fn report_with(
+    scenario: &str,
+    opts: &Opts,
+    concurrency: usize,
+    elapsed: Duration,
+    hist: &Histogram<u64>,
+    errors: usize,
+    extra: Value,
+) {
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
-    let line = json!({
+    let mut line = json!({
         "scenario": scenario,
         "concurrency": concurrency,
         "ops": hist.len(),
@@ -240,6 +280,9 @@ fn report(scenario: &str, opts: &Opts, concurrency: usize, elapsed: Duration, hi
         "latency_ms": {"p50": ms(0.50), "p95": ms(0.95), "p99": ms(0.99), "max": hist.max() as f64 / 1000.0},
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
     });
+    if let (Some(l), Value::Object(e)) = (line.as_object_mut(), extra) {
+        l.extend(e);
+    }
     println!("{line}");
 }
 
@@ -291,7 +334,7 @@ async fn store_write(opts: Opts) -> Result<()> {
         let s = store.clone();
         let (elapsed, hist, errors) = drive(opts.ops, c, move |i| {
             let s = s.clone();
-            async move { s.create(run_manifest(&format!("run-{i}")), audit()).await.is_ok() }
+            async move { s.create(run_manifest("bench", &format!("run-{i}")), audit()).await.is_ok() }
         })
         .await?;
         store.close().await?;
@@ -300,7 +343,67 @@ async fn store_write(opts: Opts) -> Result<()> {
     Ok(())
 }
 
-async fn api_create(opts: Opts) -> Result<()> {
+/// Creates what the benchmark's runs reference (admission resolves it): AgentProvider `shell`
+/// running `binary`, Agent `shell-agent` (with `maxInFlight` if given), ImplementationSpec
+/// `hello-world`, in the namespace at `base` (`http://…/api/v1/namespaces/{ns}`).
+async fn create_fixtures(client: &reqwest::Client, base: &str, binary: &str, max_in_flight: Option<u32>) -> Result<()> {
+    let mut agent = json!({"providerRef": {"name": "shell"}});
+    if let (Some(n), Some(a)) = (max_in_flight, agent.as_object_mut()) {
+        a.insert("maxInFlight".into(), json!(n));
+    }
+    for (plural, body) in [
+        ("agentproviders", json!({"kind": "AgentProvider", "metadata": {"name": "shell"}, "spec": {"binary": binary}})),
+        ("agents", json!({"kind": "Agent", "metadata": {"name": "shell-agent"}, "spec": agent})),
+        (
+            "implementationspecs",
+            json!({"kind": "ImplementationSpec", "metadata": {"name": "hello-world"}, "spec": {"text": "say hi"}}),
+        ),
+    ] {
+        let r = client.post(format!("{base}/{plural}")).json(&body).send().await?;
+        if r.status().as_u16() != 201 {
+            bail!("setting up {plural}: {}", r.text().await.unwrap_or_default());
+        }
+    }
+    Ok(())
+}
+
+/// Lists `url` page by page (`limit` per page, optional field selector). With `first_only`,
+/// stops at the first page that holds an item.
+async fn list_all(
+    client: &reqwest::Client,
+    url: &str,
+    field_selector: Option<&str>,
+    limit: usize,
+    first_only: bool,
+) -> Result<Vec<Value>> {
+    let mut items = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut query = vec![("limit", limit.to_string())];
+        if let Some(f) = field_selector {
+            query.push(("fieldSelector", f.to_string()));
+        }
+        if let Some(t) = token.take() {
+            query.push(("continue", t));
+        }
+        let r = client.get(url).query(&query).send().await?;
+        if !r.status().is_success() {
+            bail!("listing {url}: {} {}", r.status(), r.text().await.unwrap_or_default());
+        }
+        let mut page: Value = r.json().await?;
+        if let Some(Value::Array(a)) = page.get_mut("items").map(Value::take) {
+            items.extend(a);
+        }
+        token = page.pointer("/metadata/continue").and_then(Value::as_str).map(str::to_string);
+        if token.is_none() || (first_only && !items.is_empty()) {
+            return Ok(items);
+        }
+    }
+}
+
+/// `POST .../agentruns` from `concurrency` clients against an in-process server with the
+/// controller off (so only submission is measured); reports one line per concurrency level.
+async fn api_create(opts: Opts, scenario: &str) -> Result<()> {
     for &c in &opts.concurrency {
         let dir = tempfile::tempdir()?;
         let mut config = agentplane_server::Config {
@@ -310,41 +413,27 @@ async fn api_create(opts: Opts) -> Result<()> {
             bench_disable_ledger: opts.no_ledger,
             ..Default::default()
         };
+        config.controller.enabled = false;
         config.store.synchronous = match opts.synchronous.as_str() {
+            "normal" => agentplane_server::config::SyncMode::Normal,
             "full" => agentplane_server::config::SyncMode::Full,
-            _ => agentplane_server::config::SyncMode::Normal,
+            other => bail!("--synchronous {other:?}: use normal or full"),
         };
         let server = agentplane_server::start(config).await.context("starting the server")?;
         let url = format!("http://{}/api/v1/namespaces/bench/agentruns", server.addr);
         let client = reqwest::Client::builder().pool_max_idle_per_host(c).build()?;
-        // What the submitted runs reference must exist (admission resolves it).
         let base = format!("http://{}/api/v1/namespaces/bench", server.addr);
-        for (plural, body) in [
-            (
-                "agentproviders",
-                json!({"kind": "AgentProvider", "metadata": {"name": "shell"}, "spec": {"binary": "/bin/true"}}),
-            ),
-            (
-                "agents",
-                json!({"kind": "Agent", "metadata": {"name": "shell-agent"}, "spec": {"providerRef": {"name": "shell"}}}),
-            ),
-            (
-                "implementationspecs",
-                json!({"kind": "ImplementationSpec", "metadata": {"name": "hello-world"}, "spec": {"text": "say hi"}}),
-            ),
-        ] {
-            let r = client.post(format!("{base}/{plural}")).json(&body).send().await?;
-            if r.status().as_u16() != 201 {
-                bail!("setting up {plural}: {}", r.text().await.unwrap_or_default());
-            }
-        }
+        create_fixtures(&client, &base, "/bin/true", None).await?;
         // Bodies are serialised before the clock starts: the client's work is not the server's.
         let bodies: Arc<Vec<Vec<u8>>> = Arc::new(
-            (0..opts.ops).map(|i| serde_json::to_vec(&run_manifest(&format!("run-{i}")))).collect::<Result<_, _>>()?,
+            (0..opts.ops)
+                .map(|i| serde_json::to_vec(&run_manifest("bench", &format!("run-{i}"))))
+                .collect::<Result<_, _>>()?,
         );
         let idem = opts.idempotency_keys;
+        let (cl, u) = (client.clone(), url.clone());
         let (elapsed, hist, errors) = drive(opts.ops, c, move |i| {
-            let (client, url, bodies) = (client.clone(), url.clone(), bodies.clone());
+            let (client, url, bodies) = (cl.clone(), u.clone(), bodies.clone());
             async move {
                 let mut req = client.post(&url).header("content-type", "application/json").body(bodies[i].clone());
                 if idem {
@@ -357,10 +446,26 @@ async fn api_create(opts: Opts) -> Result<()> {
             }
         })
         .await?;
+        // After the clock: every acknowledged submission is stored (and no other run is).
+        let stored = list_all(&client, &url, None, 5_000, false).await?.len();
         server.shutdown().await?;
-        report("api-create", &opts, c, elapsed, &hist, errors);
+        if stored != opts.ops - errors {
+            bail!("{scenario}: {stored} runs stored, {} acknowledged", opts.ops - errors);
+        }
+        report_with(scenario, &opts, c, elapsed, &hist, errors, json!({"controller": false, "stored": stored}));
     }
     Ok(())
+}
+
+async fn submit(o: SubmitOpts) -> Result<()> {
+    let opts = Opts {
+        ops: o.ops,
+        concurrency: o.concurrency,
+        synchronous: o.synchronous,
+        no_ledger: false,
+        idempotency_keys: true,
+    };
+    api_create(opts, "submit").await
 }
 
 fn main() -> Result<()> {
@@ -368,8 +473,11 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         match cli.scenario {
+            Scenario::Submit(o) => submit(o).await,
+            Scenario::E2e(o) => e2e::run(o).await,
+            Scenario::Backlog(o) => backlog::run(o),
             Scenario::StoreWrite(o) => store_write(o).await,
-            Scenario::ApiCreate(o) => api_create(o).await,
+            Scenario::ApiCreate(o) => api_create(o, "api-create").await,
             Scenario::LedgerAppend(o) => ledger_append(o).await,
             Scenario::LedgerVerify(o) => ledger_verify(o),
             Scenario::LedgerQuery(o) => ledger_query(o).await,

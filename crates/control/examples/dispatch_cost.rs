@@ -1,17 +1,21 @@
 //! Measures the cost of one `Scheduler::dispatch` with a small and a large backlog, and prints one
-//! JSON line per backlog size plus one with the ratios.
+//! JSON line per backlog size (with the distribution of single dispatches) plus one with the
+//! ratios. The same steady state as the `backlog` scenario of `crates/bench` (which is the figure
+//! `docs/benchmarks.md` records), here with the whole distribution, for investigating.
 //!
 //! ```text
-//! cargo run --release -p agentplane-control --example dispatch_cost [-- ITERATIONS [QUEUED...]]
+//! cargo run --release -p agentplane-control --example dispatch_cost [-- TRIALS DISPATCHES [WAITING...]]
 //! ```
 //!
-//! `QUEUED` defaults to `100 100000`; the ratio line compares the last size with the first.
+//! `TRIALS` defaults to 21, `DISPATCHES` (per trial and size) to 20,000, `WAITING` to
+//! `100 100000`; the ratio line compares the last size with the first.
 //!
-//! Steady state with default caps (agent 5, namespace 10, cluster 100): 1,000 agents in 50
-//! namespaces, the cluster full (100 in flight), `queued` runs waiting. Each step finishes the run
-//! that has been in flight longest, enqueues a new run (so the backlog stays the same size) and
-//! times the `dispatch` that follows, which starts exactly one run. Also timed: a dispatch that
-//! starts 100 runs after 100 finished, and a dispatch with the cluster full (starts nothing).
+//! 100 agents in 10 namespaces, caps per Agent 1, per namespace 10, cluster 100: every agent,
+//! namespace and the cluster are at their cap, and the waiting runs are shared evenly among the
+//! agents. Each step finishes the run in flight longest, enqueues a new run for its agent (the
+//! backlog keeps its size) and times `finished`, `enqueue`, the `dispatch` that follows, which starts exactly one run —
+//! that agent's oldest — whatever the backlog, and `newly_blocked` (which lists the new run). Sizes are interleaved trial by
+//! trial.
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::VecDeque;
@@ -19,120 +23,138 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use agentplane_control::{Caps, OrderKey, QueuedRun, RunKey, Scheduler};
-use chrono::{TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use serde_json::json;
 
-const AGENTS: u64 = 1_000;
-const NAMESPACES: u64 = 50;
+const AGENTS: usize = 100;
+const NAMESPACES: usize = 10;
 
 struct Bench {
     s: Scheduler,
     seq: u64,
-    in_flight: VecDeque<RunKey>,
+    in_flight: VecDeque<(RunKey, usize)>,
+    now: DateTime<Utc>,
 }
 
 impl Bench {
-    fn new(queued: u64) -> Self {
-        let mut b = Bench { s: Scheduler::new(Caps::default()), seq: 0, in_flight: VecDeque::new() };
-        for _ in 0..queued + 100 {
-            b.enqueue();
-        }
+    fn new(waiting: usize) -> Self {
+        let caps = Caps { per_namespace: (AGENTS / NAMESPACES) as u32, cluster: AGENTS as u32, default_per_agent: 1 };
         let now = Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap();
-        for d in b.s.dispatch(now) {
-            b.in_flight.push_back(d.key);
+        let mut b = Bench { s: Scheduler::new(caps), seq: 0, in_flight: VecDeque::new(), now };
+        for i in 0..waiting + AGENTS {
+            let r = b.queued(i % AGENTS);
+            b.s.enqueue(r).unwrap();
         }
-        assert_eq!(b.in_flight.len(), 100);
-        assert_eq!(b.s.counts().queued as u64, queued);
+        for d in b.s.dispatch(now) {
+            let agent = d.agent.name.trim_start_matches("agent").parse().unwrap();
+            b.in_flight.push_back((d.key, agent));
+        }
+        assert_eq!(b.in_flight.len(), AGENTS);
+        assert_eq!(b.s.counts().queued, waiting);
         b
     }
 
-    fn enqueue(&mut self) {
-        let agent = self.seq % AGENTS;
-        let ns = format!("ns{}", agent % NAMESPACES);
-        let run = QueuedRun::new(
-            RunKey::new(ns, format!("run-{}", self.seq)),
-            format!("agent{agent}"),
-            OrderKey::from_seq(self.seq),
-        );
-        self.s.enqueue(run).unwrap();
+    fn queued(&mut self, agent: usize) -> QueuedRun {
+        let seq = self.seq;
         self.seq += 1;
+        QueuedRun::new(
+            RunKey::new(format!("ns{}", agent % NAMESPACES), format!("run-{seq}")),
+            format!("agent{agent}"),
+            OrderKey::from_seq(seq),
+        )
     }
 
-    fn finish(&mut self, n: usize) {
-        for _ in 0..n {
-            let k = self.in_flight.pop_front().unwrap();
-            assert!(self.s.finished(&k));
-            self.enqueue();
-        }
-    }
-
-    /// Times one dispatch, in nanoseconds, and records what it started.
-    fn timed_dispatch(&mut self, expect: usize) -> u64 {
-        let now = Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap();
-        let t = Instant::now();
-        let started = black_box(self.s.dispatch(now));
-        let ns = t.elapsed().as_nanos() as u64;
-        assert_eq!(started.len(), expect);
-        self.in_flight.extend(started.into_iter().map(|d| d.key));
-        ns
+    /// One step; returns the durations (ns) of `finished`, `enqueue`, `dispatch` and
+    /// `newly_blocked`.
+    fn step(&mut self) -> [u64; 4] {
+        let (key, agent) = self.in_flight.pop_front().unwrap();
+        let next = self.queued(agent);
+        let t0 = Instant::now();
+        let done = self.s.finished(&key);
+        let t1 = Instant::now();
+        self.s.enqueue(next).unwrap();
+        let t2 = Instant::now();
+        let started = black_box(self.s.dispatch(self.now));
+        let t3 = Instant::now();
+        let blocked = black_box(self.s.newly_blocked());
+        let t4 = Instant::now();
+        assert!(done);
+        assert_eq!(blocked.len(), 1);
+        assert_eq!(started.len(), 1);
+        assert_eq!(started[0].agent.name, format!("agent{agent}"));
+        self.in_flight.push_back((started[0].key.clone(), agent));
+        let ns = |a: Instant, b: Instant| (b - a).as_nanos() as u64;
+        [ns(t0, t1), ns(t1, t2), ns(t2, t3), ns(t3, t4)]
     }
 }
 
-fn summary(mut v: Vec<u64>) -> serde_json::Value {
-    v.sort_unstable();
-    let pct = |p: f64| v[((v.len() - 1) as f64 * p) as usize];
-    let mean = v.iter().sum::<u64>() as f64 / v.len() as f64;
-    json!({"mean": mean.round(), "p50": pct(0.5), "p95": pct(0.95), "p99": pct(0.99), "samples": v.len()})
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn main() {
-    let iterations: usize = std::env::args().nth(1).map_or(200_000, |a| a.parse().expect("ITERATIONS is a number"));
-    let mut sizes: Vec<u64> = std::env::args().skip(2).map(|a| a.parse().expect("QUEUED is a number")).collect();
+    let mut args = std::env::args().skip(1);
+    let trials: usize = args.next().map_or(21, |a| a.parse().expect("TRIALS is a number"));
+    let dispatches: usize = args.next().map_or(20_000, |a| a.parse().expect("DISPATCHES is a number"));
+    let mut sizes: Vec<usize> = args.map(|a| a.parse().expect("WAITING is a number")).collect();
     if sizes.is_empty() {
         sizes = vec![100, 100_000];
     }
+    assert!(sizes.iter().all(|&n| n >= AGENTS), "every WAITING must be at least {AGENTS}");
     let mut benches: Vec<Bench> = sizes.iter().map(|&n| Bench::new(n)).collect();
-    let mut one = vec![Vec::new(); sizes.len()];
-    let mut batch = vec![Vec::new(); sizes.len()];
-    let mut noop = vec![Vec::new(); sizes.len()];
-    // Interleave the two sizes in rounds so that machine noise hits both alike.
-    let rounds = 20;
-    for _ in 0..rounds {
-        for (i, b) in benches.iter_mut().enumerate() {
-            for _ in 0..iterations / rounds {
-                b.finish(1);
-                one[i].push(b.timed_dispatch(1));
-            }
-            for _ in 0..iterations / rounds / 100 {
-                b.finish(100);
-                batch[i].push(b.timed_dispatch(100));
-                noop[i].push(b.timed_dispatch(0));
+    // Per size and operation: per-trial means, and every sample of every trial.
+    const OPS: [&str; 4] = ["finished", "enqueue", "dispatch", "newly_blocked"];
+    let mut means: Vec<[Vec<f64>; 4]> = vec![Default::default(); sizes.len()];
+    let mut all: Vec<Vec<u64>> = vec![Vec::new(); sizes.len()];
+    for trial in 0..=trials {
+        let order: Vec<usize> =
+            if trial % 2 == 0 { (0..sizes.len()).collect() } else { (0..sizes.len()).rev().collect() };
+        for i in order {
+            let samples: Vec<[u64; 4]> = (0..dispatches).map(|_| benches[i].step()).collect();
+            if trial > 0 {
+                for (op, m) in means[i].iter_mut().enumerate() {
+                    m.push(samples.iter().map(|s| s[op]).sum::<u64>() as f64 / samples.len() as f64);
+                }
+                all[i].extend(samples.iter().map(|s| s[2]));
             }
         }
     }
-    let mut means = Vec::new();
-    for (i, &queued) in sizes.iter().enumerate() {
-        let o = summary(std::mem::take(&mut one[i]));
-        means.push((o["mean"].as_f64().unwrap(), o["p50"].as_u64().unwrap()));
+    let mut medians = Vec::new();
+    for (i, &waiting) in sizes.iter().enumerate() {
+        let v = &mut all[i];
+        v.sort_unstable();
+        let pct = |p: f64| v[((v.len() - 1) as f64 * p) as usize];
+        let m = median(means[i][2].clone());
+        medians.push((m, pct(0.5) as f64));
+        let others: serde_json::Map<String, serde_json::Value> = OPS
+            .iter()
+            .enumerate()
+            .map(|(op, name)| (format!("{name}_ns_median_of_trial_means"), json!(median(means[i][op].clone()).round())))
+            .collect();
         println!(
             "{}",
             json!({
                 "scenario": "dispatch_cost",
-                "queued": queued,
+                "waiting": waiting,
                 "in_flight": benches[i].s.in_flight(),
-                "dispatch_one_ns": o,
-                "dispatch_100_ns": summary(std::mem::take(&mut batch[i])),
-                "dispatch_cluster_full_ns": summary(std::mem::take(&mut noop[i])),
+                "dispatch_ns": {
+                    "median_of_trial_means": m.round(),
+                    "p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "p999": pct(0.999), "max": pct(1.0),
+                    "samples": v.len(),
+                },
+                "per_operation": others,
             })
         );
     }
+    let (first, last) = (medians[0], medians[medians.len() - 1]);
     println!(
         "{}",
         json!({
             "scenario": "dispatch_cost_ratio",
-            "queued": [sizes[0], sizes[sizes.len() - 1]],
-            "mean_ratio": (means[means.len() - 1].0 / means[0].0 * 100.0).round() / 100.0,
-            "p50_ratio": (means[means.len() - 1].1 as f64 / means[0].1 as f64 * 100.0).round() / 100.0,
+            "waiting": [sizes[0], sizes[sizes.len() - 1]],
+            "mean_ratio": (last.0 / first.0 * 100.0).round() / 100.0,
+            "p50_ratio": (last.1 / first.1 * 100.0).round() / 100.0,
         })
     );
 }
