@@ -195,6 +195,8 @@ struct Tracked {
     /// Since when the runtime could not answer a status call.
     failing_since: Option<Instant>,
     last_polled: Option<Instant>,
+    /// Its end is being recorded.
+    ending: bool,
 }
 
 /// What a start task reports back to the loop.
@@ -209,6 +211,9 @@ pub(crate) enum StartOutcome {
     Requeue { key: RunKey, at: DateTime<Utc>, submit_failed: bool },
     /// The lease was lost while starting.
     Fenced { key: RunKey },
+    /// The end of an attempt was recorded (`Err(true)`: fenced; `Err(false)`: not recorded, try
+    /// again).
+    AttemptEnded { key: RunKey, result: Result<Ended, bool> },
 }
 
 /// The controller's state. Build it with [`Controller::new`] and drive it with [`Controller::run`].
@@ -294,10 +299,6 @@ impl Controller {
             outcomes_tx,
             outcomes_rx,
         }
-    }
-
-    fn writer(&self) -> Option<Writer<'_>> {
-        self.lease.as_ref().map(|l| Writer { store: self.ctx.store.as_ref(), lease: l })
     }
 
     /// Runs until `shutdown` turns `true`: waits for the lease, leads while it holds it, and
@@ -458,6 +459,7 @@ impl Controller {
                             timed_out: false,
                             failing_since: None,
                             last_polled: None,
+                            ending: false,
                         },
                     );
                 }
@@ -501,7 +503,12 @@ impl Controller {
                 biased;
                 () = stopped(shutdown) => return Follow::Shutdown,
                 out = self.outcomes_rx.recv() => {
-                    if let Some(out) = out && self.on_start_outcome(out) {
+                    let lost = match out {
+                        Some(StartOutcome::AttemptEnded { key, result }) => self.on_attempt_ended(key, result).await,
+                        Some(out) => self.on_start_outcome(out),
+                        None => false,
+                    };
+                    if lost {
                         return Follow::LeaseLost;
                     }
                 }
@@ -634,15 +641,22 @@ impl Controller {
                 let _ = tx.send(out);
             });
         }
-        for (key, b) in blocked {
-            let Some(w) = self.writer() else { return };
-            if let Err(e) = w.blocked(&key, &b, now).await {
-                if e.is_fenced() {
-                    self.lease = None;
-                    return;
+        if !blocked.is_empty() {
+            // Written in a task: a burst of submissions blocks many runs at once, and the loop
+            // must keep dispatching meanwhile.
+            let (ctx, tx) = (self.ctx.clone(), self.outcomes_tx.clone());
+            tokio::spawn(async move {
+                let w = Writer { store: ctx.store.as_ref(), lease: &lease };
+                for (key, b) in blocked {
+                    if let Err(e) = w.blocked(&key, &b, now).await {
+                        if e.is_fenced() {
+                            let _ = tx.send(StartOutcome::Fenced { key });
+                            return;
+                        }
+                        tracing::warn!(run = %key, error = %e, "controller: cannot write the Blocked condition");
+                    }
                 }
-                tracing::warn!(run = %key, error = %e, "controller: cannot write the Blocked condition");
-            }
+            });
         }
     }
 
@@ -666,6 +680,7 @@ impl Controller {
                         timed_out: false,
                         failing_since: None,
                         last_polled: None,
+                        ending: false,
                     },
                 );
             }
@@ -689,6 +704,8 @@ impl Controller {
                 self.lease = None;
                 return true;
             }
+            // Handled by `on_attempt_ended`.
+            StartOutcome::AttemptEnded { .. } => {}
         }
         false
     }
@@ -794,30 +811,58 @@ impl Controller {
 
     /// Records the end of an attempt: the next workflow step, a retry, or the run's end.
     async fn on_terminal(&mut self, key: &RunKey, status: RuntimeStatus) {
-        let Some(t) = self.tracked.get(key).cloned() else { return };
         let Some(lease) = self.lease.clone() else { return };
-        let w = Writer { store: self.ctx.store.as_ref(), lease: &lease };
+        let Some(t) = self.tracked.get_mut(key) else { return };
+        if t.ending {
+            return;
+        }
+        // Recorded in a task; the outcome comes back as `AttemptEnded`.
+        t.ending = true;
+        let timed_out = t.timed_out;
         let sample = self.rng.sample();
-        let res = w.attempt_ended(key, status, t.timed_out, &self.ctx.cfg.backoff, sample).await;
-        match res {
+        let (ctx, tx, key) = (self.ctx.clone(), self.outcomes_tx.clone(), key.clone());
+        tokio::spawn(async move {
+            let w = Writer { store: ctx.store.as_ref(), lease: &lease };
+            let res = w.attempt_ended(&key, status, timed_out, &ctx.cfg.backoff, sample).await;
+            let result = match res {
+                Ok(e) => Ok(e),
+                Err(e) if e.is_fenced() => Err(true),
+                Err(e) => {
+                    tracing::warn!(run = %key, error = %e, "controller: cannot record the end of an attempt; will retry");
+                    Err(false)
+                }
+            };
+            let _ = tx.send(StartOutcome::AttemptEnded { key, result });
+        });
+    }
+
+    /// Applies a recorded attempt end.
+    async fn on_attempt_ended(&mut self, key: RunKey, result: Result<Ended, bool>) -> bool {
+        match result {
             Ok(Ended::Final | Ended::Gone) => {
-                self.tracked.remove(key);
-                self.scheduler.finished(key);
+                self.tracked.remove(&key);
+                self.scheduler.finished(&key);
             }
             Ok(Ended::Retry { at }) => {
-                tracing::info!(run = %key, next_retry_at = %at, "controller: attempt failed; retry scheduled");
-                self.tracked.remove(key);
-                self.scheduler.finished(key);
+                let Some(t) = self.tracked.remove(&key) else { return false };
+                tracing::info!(run = %key, next_retry_at = %at, "controller: attempt ended; run requeued");
+                self.scheduler.finished(&key);
                 self.orders.insert(key.clone(), (t.agent.clone(), t.order));
                 let mut q = QueuedRun::new(key.clone(), t.agent.clone(), t.order);
                 q.max_in_flight = self.agent_cap(&key.namespace, &t.agent).await;
                 self.scheduler.requeue_at(q, at);
             }
-            Err(e) if e.is_fenced() => self.lease = None,
-            Err(e) => {
-                tracing::warn!(run = %key, error = %e, "controller: cannot record the end of an attempt; will retry");
+            Err(true) => {
+                self.lease = None;
+                return true;
+            }
+            Err(false) => {
+                if let Some(t) = self.tracked.get_mut(&key) {
+                    t.ending = false;
+                }
             }
         }
+        false
     }
 
     /// What the scheduler holds for `key` (for diagnostics).
