@@ -1,5 +1,6 @@
 //! The action names recorded in the ledger: one list, so every feature records the same name for
-//! the same thing and queries can rely on it. Names are `<subject>.<past-tense verb>`.
+//! the same thing and queries can rely on it. Names are `<subject>.<past-tense verb>` (lowercase,
+//! `_` between words).
 //!
 //! "Recorded by" names the component that appends the entry, in the same transaction as the state
 //! change it records.
@@ -124,9 +125,9 @@ mod tests {
             assert!(seen.insert(*name), "duplicate {name}");
             let (subject, verb) = name.split_once('.').unwrap_or_default();
             assert!(!subject.is_empty() && !verb.is_empty() && !verb.contains('.'), "{name}");
-            assert!(name.bytes().all(|b| b.is_ascii_lowercase() || b == b'.'), "{name}");
+            assert!(name.bytes().all(|b| b.is_ascii_lowercase() || b == b'.' || b == b'_'), "{name}");
         }
-        assert_eq!(ALL.len(), 22);
+        assert_eq!(ALL.len(), 24);
         assert!(is_known("run.finished") && !is_known("run.exploded"));
     }
 }
