@@ -1,4 +1,5 @@
-//! The HTTP API over a real server on a random loopback port.
+//! The HTTP API over a real server on a random loopback port. The run controller is off here:
+//! these tests check what the API stores and returns, and a controller would move runs on.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -12,7 +13,7 @@ use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_trip_every_kind() {
-    let t = TestServer::start().await;
+    let t = TestServer::start_with(|c| c.controller.enabled = false).await;
     run_prerequisites(&t, "team-a").await;
     for kind in Kind::ALL {
         let plural = kind.plural();
@@ -67,7 +68,7 @@ async fn round_trip_every_kind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spec_change_bumps_generation_and_yaml_bodies_work() {
-    let t = TestServer::start().await;
+    let t = TestServer::start_with(|c| c.controller.enabled = false).await;
     let yaml =
         "apiVersion: agentplane.dev/v1alpha1\nkind: Environment\nmetadata:\n  name: prod\nspec:\n  class: production\n";
     let r = t
@@ -223,7 +224,7 @@ async fn errors_have_codes_fields_and_statuses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generate_name_and_pagination_and_all_namespaces() {
-    let t = TestServer::start().await;
+    let t = TestServer::start_with(|c| c.controller.enabled = false).await;
     run_prerequisites(&t, "a").await;
     run_prerequisites(&t, "b").await;
     for i in 0..7 {
@@ -263,10 +264,10 @@ async fn generate_name_and_pagination_and_all_namespaces() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_across_restart() {
-    let t = TestServer::start().await;
+    let t = TestServer::start_with(|c| c.controller.enabled = false).await;
     let (code, created) = t.post("default", "agents", &manifest("Agent", "keep")).await;
     assert_eq!(code, 201);
-    let t = t.restart().await;
+    let t = t.restart_with(|c| c.controller.enabled = false).await;
     let (code, got) = t.get(&t.item("default", "agents", "keep")).await;
     assert_eq!(code, 200);
     assert_eq!(got, created);
@@ -279,7 +280,7 @@ async fn durable_across_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_ready_version_openapi() {
-    let t = TestServer::start().await;
+    let t = TestServer::start_with(|c| c.controller.enabled = false).await;
     assert_eq!(t.get(&t.url("/healthz")).await.0, 200);
     assert_eq!(t.get(&t.url("/readyz")).await, (200, json!({"status": "ready"})));
     let (code, v) = t.get(&t.url("/api/v1/version")).await;
@@ -350,7 +351,7 @@ async fn read_events(resp: reqwest::Response, n: usize) -> Vec<(String, Option<S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_delivers_every_change_in_order_under_concurrent_writers() {
-    let t = TestServer::start().await;
+    let t = TestServer::start_with(|c| c.controller.enabled = false).await;
     let (_, pre) = t.post("default", "agents", &manifest("Agent", "pre")).await;
     // Initial state then a bookmark.
     let resp = t.client.get(format!("{}?watch=true", t.coll("default", "agents"))).send().await.unwrap();
@@ -459,7 +460,7 @@ async fn dev_mode_loads_examples_idempotently() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_requests_finish_during_graceful_shutdown() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut t = TestServer::start().await;
+    let mut t = TestServer::start_with(|c| c.controller.enabled = false).await;
     let body = serde_json::to_vec(&manifest("Agent", "late")).unwrap();
     let mut sock = tokio::net::TcpStream::connect(t.server.as_ref().unwrap().addr).await.unwrap();
     let head = format!(
@@ -487,7 +488,7 @@ async fn in_flight_requests_finish_during_graceful_shutdown() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_submission() {
-    let t = TestServer::start().await;
+    let t = TestServer::start_with(|c| c.controller.enabled = false).await;
     run_prerequisites(&t, "default").await;
     let run = |name: Option<&str>, text: &str| {
         let mut m = manifest("AgentRun", name.unwrap_or(""));
