@@ -199,6 +199,29 @@ struct Tracked {
     ending: bool,
 }
 
+impl Tracked {
+    fn new(
+        agent: String,
+        runtime_ref: Option<RuntimeRef>,
+        adapter: Option<Adapter>,
+        order: OrderKey,
+        deadline: Option<DateTime<Utc>>,
+    ) -> Self {
+        Tracked {
+            agent,
+            runtime_ref,
+            adapter,
+            order,
+            deadline,
+            cancel_sent: false,
+            timed_out: false,
+            failing_since: None,
+            last_polled: None,
+            ending: false,
+        }
+    }
+}
+
 /// What a start task reports back to the loop.
 pub(crate) enum StartOutcome {
     /// The attempt runs and `Running` is recorded.
@@ -447,21 +470,9 @@ impl Controller {
                     running.push(r);
                     let adapter = self.ctx.adapter_for(&run).ok();
                     let deadline = status.started_at.and_then(|s| deadline_of(&run, s, self.ctx.cfg.grace));
-                    self.tracked.insert(
-                        key,
-                        Tracked {
-                            agent,
-                            runtime_ref: status.runtime_ref.map(RuntimeRef),
-                            adapter,
-                            order: order_of(&run, obj),
-                            deadline,
-                            cancel_sent: false,
-                            timed_out: false,
-                            failing_since: None,
-                            last_polled: None,
-                            ending: false,
-                        },
-                    );
+                    let t =
+                        Tracked::new(agent, status.runtime_ref.map(RuntimeRef), adapter, order_of(&run, obj), deadline);
+                    self.tracked.insert(key, t);
                 }
                 _ => {}
             }
@@ -668,21 +679,7 @@ impl Controller {
                 self.submit_failures.remove(&key);
                 let (agent, order) = self.orders.remove(&key).unwrap_or((String::new(), OrderKey::from_seq(0)));
                 tracing::info!(run = %key, runtime_ref = %runtime_ref, "controller: run started");
-                self.tracked.insert(
-                    key,
-                    Tracked {
-                        agent,
-                        runtime_ref: Some(runtime_ref),
-                        adapter: Some(adapter),
-                        order,
-                        deadline,
-                        cancel_sent: false,
-                        timed_out: false,
-                        failing_since: None,
-                        last_polled: None,
-                        ending: false,
-                    },
-                );
+                self.tracked.insert(key, Tracked::new(agent, Some(runtime_ref), Some(adapter), order, deadline));
             }
             StartOutcome::Ended { key } | StartOutcome::Skipped { key } => {
                 self.starting.remove(&key);
