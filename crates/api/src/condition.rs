@@ -27,3 +27,36 @@ pub struct Condition {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }
+
+impl Condition {
+    /// A condition that changed at `now` (no observed generation).
+    pub fn new(
+        type_: &str,
+        status: ConditionStatus,
+        reason: &str,
+        message: impl Into<String>,
+        now: DateTime<Utc>,
+    ) -> Condition {
+        Condition {
+            type_: type_.into(),
+            status,
+            reason: reason.into(),
+            message: message.into(),
+            last_transition_time: Some(now),
+            observed_generation: None,
+        }
+    }
+}
+
+/// Replaces the condition of `c`'s type (or adds it). The transition time is kept when status and
+/// reason did not change.
+pub fn set_condition(conds: &mut Vec<Condition>, c: Condition) {
+    match conds.iter_mut().find(|x| x.type_ == c.type_) {
+        Some(x) => {
+            let same = x.status == c.status && x.reason == c.reason;
+            let at = if same { x.last_transition_time.or(c.last_transition_time) } else { c.last_transition_time };
+            *x = Condition { last_transition_time: at, ..c };
+        }
+        None => conds.push(c),
+    }
+}

@@ -14,7 +14,7 @@ use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentplane_api::condition::{Condition, ConditionStatus};
+use agentplane_api::condition::{Condition, ConditionStatus, set_condition};
 use agentplane_api::selector::{FieldSelector, LabelSelector};
 use agentplane_api::{AgentRunStatus, Kind, RunPhase};
 use agentplane_ledger::{Actor, ActorKind, Entry, actions, outcomes};
@@ -105,19 +105,6 @@ fn is_terminal(phase: &str) -> bool {
     matches!(phase, "Succeeded" | "Failed" | "Cancelled")
 }
 
-/// Replaces the condition of the same type; keeps `lastTransitionTime` when status and reason
-/// did not change.
-fn set_condition(conds: &mut Vec<Condition>, c: Condition) {
-    match conds.iter_mut().find(|x| x.type_ == c.type_) {
-        Some(x) => {
-            let same = x.status == c.status && x.reason == c.reason;
-            let at = if same { x.last_transition_time.or(c.last_transition_time) } else { c.last_transition_time };
-            *x = Condition { last_transition_time: at, ..c };
-        }
-        None => conds.push(c),
-    }
-}
-
 fn condition(
     type_: &str,
     status: ConditionStatus,
@@ -125,14 +112,7 @@ fn condition(
     message: &str,
     now: chrono::DateTime<Utc>,
 ) -> Condition {
-    Condition {
-        type_: type_.into(),
-        status,
-        reason: reason.into(),
-        message: message.into(),
-        last_transition_time: Some(now),
-        observed_generation: None,
-    }
+    Condition::new(type_, status, reason, message, now)
 }
 
 // ---------------------------------------------------------------------------------------------

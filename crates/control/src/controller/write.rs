@@ -30,16 +30,7 @@ pub(crate) enum Ended {
     Gone,
 }
 
-pub(crate) fn set_condition(conds: &mut Vec<Condition>, c: Condition) {
-    match conds.iter_mut().find(|x| x.type_ == c.type_) {
-        Some(x) => {
-            let same = x.status == c.status && x.reason == c.reason;
-            let at = if same { x.last_transition_time.or(c.last_transition_time) } else { c.last_transition_time };
-            *x = Condition { last_transition_time: at, ..c };
-        }
-        None => conds.push(c),
-    }
-}
+pub(crate) use agentplane_api::condition::set_condition;
 
 pub(crate) fn cond(
     type_: &str,
@@ -48,14 +39,7 @@ pub(crate) fn cond(
     message: impl Into<String>,
     now: DateTime<Utc>,
 ) -> Condition {
-    Condition {
-        type_: type_.into(),
-        status,
-        reason: reason.into(),
-        message: message.into(),
-        last_transition_time: Some(now),
-        observed_generation: None,
-    }
+    Condition::new(type_, status, reason, message, now)
 }
 
 pub(crate) fn draft(action: &str, key: &RunKey, outcome: &str, params: Value) -> EntryDraft {
