@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use agentplane_api::condition::ConditionStatus;
+use agentplane_api::condition::{Condition, ConditionStatus};
 use agentplane_api::{
     AgentProviderSpec, AgentRun, AgentSpec, ImplementationSpecSpec, Kind, MemorySpec, Reference, RunPhase,
 };
@@ -14,7 +14,7 @@ use agentplane_store::{Lease, ObjectKey, StoreError};
 use chrono::Utc;
 use serde_json::{Value, json};
 
-use super::write::{IN_PROGRESS_CONDITION, Writer, cond, draft, set_condition, workflow_status};
+use super::write::{IN_PROGRESS_CONDITION, Writer, draft, set_condition, workflow_status};
 use super::{Ctx, StartOutcome, deadline_of, decode};
 use crate::RunKey;
 use crate::scheduler::BLOCKED_CONDITION;
@@ -138,7 +138,10 @@ pub(crate) async fn start(ctx: &Ctx, lease: &Lease, key: RunKey, failures: u32) 
                 Some(s) => format!("attempt {attempt} (step {s}) started"),
                 None => format!("attempt {attempt} started"),
             };
-            set_condition(&mut st.conditions, cond(IN_PROGRESS_CONDITION, ConditionStatus::True, "Started", msg, now));
+            set_condition(
+                &mut st.conditions,
+                Condition::new(IN_PROGRESS_CONDITION, ConditionStatus::True, "Started", msg, now),
+            );
             Some(draft(
                 actions::RUN_STARTED,
                 &key,

@@ -32,16 +32,6 @@ pub(crate) enum Ended {
 
 pub(crate) use agentplane_api::condition::set_condition;
 
-pub(crate) fn cond(
-    type_: &str,
-    status: ConditionStatus,
-    reason: &str,
-    message: impl Into<String>,
-    now: DateTime<Utc>,
-) -> Condition {
-    Condition::new(type_, status, reason, message, now)
-}
-
 pub(crate) fn draft(action: &str, key: &RunKey, outcome: &str, params: Value) -> EntryDraft {
     let mut d = agentplane_store::resource_audit(Actor::system(CONTROLLER_ACTOR), action);
     d.namespace = Some(key.namespace.clone());
@@ -69,14 +59,14 @@ fn finish(st: &mut AgentRunStatus, phase: RunPhase, reason: &str, message: &str,
     st.next_retry_at = None;
     st.updated_at = Some(now);
     st.conditions.retain(|c| c.type_ != BLOCKED_CONDITION);
-    set_condition(&mut st.conditions, cond(IN_PROGRESS_CONDITION, ConditionStatus::False, reason, "", now));
+    set_condition(&mut st.conditions, Condition::new(IN_PROGRESS_CONDITION, ConditionStatus::False, reason, "", now));
     let type_ = match phase {
         RunPhase::Succeeded => "Succeeded",
         RunPhase::Cancelled => "Cancelled",
         _ => "Failed",
     };
     st.conditions.retain(|c| !matches!(c.type_.as_str(), "Succeeded" | "Failed" | "Cancelled") || c.type_ == type_);
-    set_condition(&mut st.conditions, cond(type_, ConditionStatus::True, reason, message, now));
+    set_condition(&mut st.conditions, Condition::new(type_, ConditionStatus::True, reason, message, now));
     if let Some(w) = st.workflow.as_mut() {
         w.current_step = None;
     }
@@ -304,7 +294,7 @@ fn decide(
         let next = steps.get(cur + 1).map(|s| s.name.clone()).unwrap_or_default();
         set_condition(
             &mut st.conditions,
-            cond(
+            Condition::new(
                 IN_PROGRESS_CONDITION,
                 ConditionStatus::True,
                 "StepSucceeded",
@@ -347,7 +337,7 @@ fn decide(
         st.updated_at = Some(now);
         set_condition(
             &mut st.conditions,
-            cond(
+            Condition::new(
                 IN_PROGRESS_CONDITION,
                 ConditionStatus::False,
                 reason,
