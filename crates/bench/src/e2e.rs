@@ -31,6 +31,13 @@ pub struct E2eOpts {
     /// The agent's program (the AgentProvider's `binary`).
     #[arg(long, default_value = "/bin/true")]
     pub binary: String,
+    /// Arrival rate in runs per second for the paced phase (0 = skip it): submissions are sent
+    /// open-loop at this rate, so that the scheduling delay is measured while the machine keeps up.
+    #[arg(long, default_value_t = 200.0)]
+    pub rate: f64,
+    /// Skip the burst phase (all runs submitted as fast as the clients can).
+    #[arg(long)]
+    pub no_burst: bool,
     /// Give up (with an error) if the runs are not all terminal after this many seconds.
     #[arg(long, default_value_t = 900)]
     pub timeout_seconds: u64,
@@ -133,6 +140,24 @@ pub async fn run(opts: E2eOpts) -> Result<()> {
     if opts.runs == 0 || opts.clients == 0 || opts.cap == 0 {
         bail!("--runs, --clients and --cap must be at least 1");
     }
+    if !opts.rate.is_finite() || opts.rate < 0.0 {
+        bail!("--rate must be a number of runs per second, 0 or more (0 skips the paced phase)");
+    }
+    if opts.no_burst && opts.rate == 0.0 {
+        bail!("--no-burst with --rate 0 leaves nothing to run");
+    }
+    if !opts.no_burst {
+        phase(&opts, None).await?;
+    }
+    if opts.rate > 0.0 {
+        phase(&opts, Some(opts.rate)).await?;
+    }
+    Ok(())
+}
+
+/// One phase on a fresh server: `rate` None submits as fast as the clients can (burst), Some(r)
+/// sends submission i at `i / r` seconds after the first (open-loop arrivals).
+async fn phase(opts: &E2eOpts, rate: Option<f64>) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let mut config = agentplane_server::Config {
         listen: "127.0.0.1:0".into(),
@@ -157,9 +182,13 @@ pub async fn run(opts: E2eOpts) -> Result<()> {
     let answered: Arc<Vec<AtomicI64>> = Arc::new((0..opts.runs).map(|_| AtomicI64::new(0)).collect());
     let url = format!("{base}/agentruns");
     let (c, s, a) = (client.clone(), sent.clone(), answered.clone());
-    let (submit_elapsed, submit_hist, submit_errors) = drive(opts.runs, opts.clients, move |i| {
+    let t0 = tokio::time::Instant::now();
+    let (submit_elapsed, _, submit_errors) = drive(opts.runs, opts.clients, move |i| {
         let (client, url, bodies, sent, answered) = (c.clone(), url.clone(), bodies.clone(), s.clone(), a.clone());
         async move {
+            if let Some(r) = rate {
+                tokio::time::sleep_until(t0 + Duration::from_secs_f64(i as f64 / r)).await;
+            }
             sent[i].store(nanos(Utc::now()), Ordering::Relaxed);
             let req = client
                 .post(&url)
@@ -242,6 +271,8 @@ pub async fn run(opts: E2eOpts) -> Result<()> {
     let busy_ms: f64 = durations.iter().sum();
     let line = json!({
         "scenario": "e2e",
+        "phase": if rate.is_some() { "paced" } else { "burst" },
+        "arrival_rate_per_sec": rate,
         "runs": opts.runs,
         "clients": opts.clients,
         "cap": opts.cap,
@@ -256,7 +287,12 @@ pub async fn run(opts: E2eOpts) -> Result<()> {
         "submit": {
             "seconds": submit_elapsed.as_secs_f64(),
             "per_sec": (opts.runs as f64 / submit_elapsed.as_secs_f64()).round(),
-            "latency_ms_p99": submit_hist.value_at_quantile(0.99) as f64 / 1000.0,
+            "latency_ms": percentiles(
+                sent.iter()
+                    .zip(answered.iter())
+                    .map(|(s, a)| (a.load(Ordering::Relaxed) - s.load(Ordering::Relaxed)) as f64 / 1e6)
+                    .collect()
+            ),
             "last_answer_after_ms": ms(last_answered - first_sent),
         },
         "scheduling_delay_ms": percentiles(delays),
