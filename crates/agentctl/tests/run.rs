@@ -422,3 +422,16 @@ fn describe_agentrun_shows_its_events() {
     let out = s2.ctl(&["describe", "agent", "idle"]);
     assert!(!out.stdout.contains("Events:"), "{out:?}");
 }
+
+/// The server starts each agent through `agentplane-runner` (built next to `agentctl`), not the
+/// shell fallback: the agent's parent process is the runner.
+#[test]
+fn agents_are_started_by_the_agent_runner() {
+    let s = TestServer::start();
+    shell_agent(&s, "parent", "cat /proc/$PPID/comm");
+    let out =
+        s.ctl(&["run", "submit", "--agent", "parent", "--text", "x", "--name", "p", "--wait", "--wait-timeout", "60s"]);
+    assert_eq!(out.code, 0, "{out:?}\nserver log:\n{}", s.log());
+    // `comm` is cut to 15 characters.
+    assert!(out.stdout.ends_with("agentplane-runn\n"), "{out:?}");
+}

@@ -38,6 +38,13 @@ pub struct E2eOpts {
     /// Skip the burst phase (all runs submitted as fast as the clients can).
     #[arg(long)]
     pub no_burst: bool,
+    /// Where the phases' data directories go (a fresh temporary directory inside it, removed when
+    /// the bench ends; default: the system's temporary directory). Every phase keeps its run
+    /// folders until the bench ends: on an ext4 file system without a journal, inodes freed in the
+    /// last minutes make new files slow to create (ext4 skips recently deleted inodes), so
+    /// deleting one phase's 20,000 files would slow the next phase's runs.
+    #[arg(long)]
+    pub data_dir: Option<std::path::PathBuf>,
     /// Give up (with an error) if the runs are not all terminal after this many seconds.
     #[arg(long, default_value_t = 900)]
     pub timeout_seconds: u64,
@@ -146,22 +153,25 @@ pub async fn run(opts: E2eOpts) -> Result<()> {
     if opts.no_burst && opts.rate == 0.0 {
         bail!("--no-burst with --rate 0 leaves nothing to run");
     }
+    let root = match &opts.data_dir {
+        Some(d) => tempfile::tempdir_in(d)?,
+        None => tempfile::tempdir()?,
+    };
     if !opts.no_burst {
-        phase(&opts, None).await?;
+        phase(&opts, None, &root.path().join("burst")).await?;
     }
     if opts.rate > 0.0 {
-        phase(&opts, Some(opts.rate)).await?;
+        phase(&opts, Some(opts.rate), &root.path().join("paced")).await?;
     }
     Ok(())
 }
 
 /// One phase on a fresh server: `rate` None submits as fast as the clients can (burst), Some(r)
 /// sends submission i at `i / r` seconds after the first (open-loop arrivals).
-async fn phase(opts: &E2eOpts, rate: Option<f64>) -> Result<()> {
-    let dir = tempfile::tempdir()?;
+async fn phase(opts: &E2eOpts, rate: Option<f64>, dir: &std::path::Path) -> Result<()> {
     let mut config = agentplane_server::Config {
         listen: "127.0.0.1:0".into(),
-        data_dir: dir.path().join("data"),
+        data_dir: dir.join("data"),
         log_level: "warn".into(),
         ..Default::default()
     };
@@ -301,7 +311,10 @@ async fn phase(opts: &E2eOpts, rate: Option<f64>) -> Result<()> {
         "submit_to_start_ms": percentiles(submit_to_start),
         "run_duration_ms": percentiles(durations),
         "mean_in_flight": ((busy_ms / ms(span)) * 100.0).round() / 100.0,
-        "started_at_source": "status.startedAt, written by the controller after the runtime's submit returned",
+        "launcher": agentplane_sandbox::find_runner()
+            .map(|p| format!("agentplane-runner ({})", p.display()))
+            .unwrap_or_else(|| "setsid + sh wrapper (agentplane-runner not found next to the bench)".into()),
+        "started_at_source": "status.startedAt: the later of the controller's record of the start and the runtime's spawn time",
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
     });
     println!("{line}");

@@ -20,7 +20,7 @@ pub mod template;
 
 pub use custom::CustomAdapter;
 pub use error::{ErrorKind, RuntimeError, TemplateError};
-pub use local::{LocalAdapter, LocalConfig};
+pub use local::{LocalAdapter, LocalConfig, RunnerSetting};
 pub use spec::{
     DEFAULT_LOG_CAP_BYTES, RunIdentity, RunSpec, RuntimeRef, RuntimeStatus, SecretValue, StatusReason, StepSpec,
     WorkspaceSpec,

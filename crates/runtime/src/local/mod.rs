@@ -66,6 +66,8 @@ pub struct LocalConfig {
     /// How many terminal notifications a [`RuntimeAdapter::subscribe`] receiver may fall behind
     /// before it gets `Lagged` (default 4096; taken as 1 to 1 048 576).
     pub events_capacity: usize,
+    /// Which agent-runner starts the agents (default: search for `agentplane-runner`).
+    pub runner: RunnerSetting,
 }
 
 impl Default for LocalConfig {
@@ -78,8 +80,23 @@ impl Default for LocalConfig {
             adopt_poll_interval: Duration::from_millis(500),
             finished_cache: 10_000,
             events_capacity: EVENTS_CAPACITY,
+            runner: RunnerSetting::Find,
         }
     }
+}
+
+/// Which program starts the agents (see [`LocalAdapter::launcher`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum RunnerSetting {
+    /// `agentplane-runner` found by [`agentplane_sandbox::find_runner`] (`$AGENTPLANE_RUNNER`, next
+    /// to the server's executable); the shell fallback when there is none.
+    #[default]
+    Find,
+    /// This runner binary (the shell fallback, with a warning, when it is not an executable file).
+    At(PathBuf),
+    /// Always the fallback: `setsid(1)` and a `sh` wrapper that records the exit status (slower:
+    /// two more programs per attempt).
+    ShellFallback,
 }
 
 /// Runs agents as local child processes. One adapter per base dir. Dropping it detaches from the
@@ -94,7 +111,7 @@ pub struct LocalAdapter {
 struct Inner {
     base: PathBuf,
     cfg: LocalConfig,
-    setsid: Option<PathBuf>,
+    launcher: process::Launcher,
     runs: Mutex<HashMap<String, Arc<Entry>>>,
     /// Refs of finished attempts, oldest first (bounded by `cfg.finished_cache`).
     finished: Mutex<VecDeque<String>>,
@@ -248,8 +265,8 @@ impl LocalAdapter {
         LocalAdapter {
             inner: Arc::new(Inner {
                 base,
+                launcher: process::Launcher::find(&cfg.runner),
                 cfg,
-                setsid: process::find_setsid(),
                 runs: Mutex::new(HashMap::new()),
                 finished: Mutex::new(VecDeque::new()),
                 events,
@@ -262,10 +279,16 @@ impl LocalAdapter {
         self.inner.run_dir(namespace, name)
     }
 
-    /// Whether agents also get their own session (`setsid(1)` was found), not only their own
-    /// process group.
+    /// Whether agents also get their own session (the runner or `setsid(1)` was found), not only
+    /// their own process group.
     pub fn has_session_isolation(&self) -> bool {
-        self.inner.setsid.is_some()
+        !matches!(self.inner.launcher, process::Launcher::Shell { setsid: None })
+    }
+
+    /// How agents are started, for diagnostics: `agentplane-runner (<path>)`, or the fallback
+    /// `setsid + sh wrapper` / `sh wrapper (process group only)`.
+    pub fn launcher(&self) -> String {
+        self.inner.launcher.describe()
     }
 
     /// The entry of `r`, and the set-up guard when it is new (the caller must set it up).
@@ -948,7 +971,7 @@ fn launch(inner: &Inner, entry: &Entry, spec: &RunSpec, prepared: Result<Prepare
         cwd: &ws,
         exit_file: &exit_file,
         output,
-        setsid: inner.setsid.as_deref(),
+        launcher: &inner.launcher,
     });
     let spawned = match spawned {
         Ok(s) => s,

@@ -1,7 +1,10 @@
 //! Starting the agent in its own session and process group, signalling the group, and telling
 //! whether a recorded process is still the one we started. No `unsafe`: the session comes from
-//! util-linux `setsid(1)` (which calls `setsid()` and execs without forking, because the child is
-//! not a group leader), the group from `process_group(0)` where `setsid(1)` is absent.
+//! the agent-runner (`agentplane-runner`, see `agentplane_sandbox`), which calls `setsid()`,
+//! starts the agent and records its exit status. Without the runner binary, a fallback: util-linux
+//! `setsid(1)` (which calls `setsid()` and execs without forking, because the child is not a group
+//! leader) and a `sh` wrapper that records the exit status; the group from `process_group(0)`
+//! where `setsid(1)` is absent too.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -47,6 +50,45 @@ pub(crate) fn resolve_binary(binary: &str, path_var: &str, cwd: &Path) -> Result
         .ok_or_else(|| format!("binary `{binary}` not found on PATH {path_var}"))
 }
 
+/// How the agent is started.
+#[derive(Debug, Clone)]
+pub(crate) enum Launcher {
+    /// `agentplane-runner --exit-file F -- PROGRAM ARGS...` (session, exit status).
+    Runner(PathBuf),
+    /// `[setsid] /bin/sh -c WRAPPER ...`: the fallback without the runner binary.
+    Shell { setsid: Option<PathBuf> },
+}
+
+impl Launcher {
+    /// The runner if given (and executable) or found, else the shell fallback.
+    pub(crate) fn find(setting: &super::RunnerSetting) -> Launcher {
+        use super::RunnerSetting;
+        let runner = match setting {
+            RunnerSetting::At(p) if is_executable(p) => Some(p.clone()),
+            RunnerSetting::At(p) => {
+                tracing::warn!(runner = %p.display(), "configured agent-runner is not an executable file; using the sh fallback");
+                None
+            }
+            RunnerSetting::Find => agentplane_sandbox::find_runner(),
+            RunnerSetting::ShellFallback => None,
+        };
+        match runner {
+            Some(p) => Launcher::Runner(p),
+            None => Launcher::Shell { setsid: find_setsid() },
+        }
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Launcher::Runner(p) => format!("agentplane-runner ({})", p.display()),
+            Launcher::Shell { setsid: Some(_) } => "setsid + sh wrapper (agentplane-runner not found)".into(),
+            Launcher::Shell { setsid: None } => {
+                "sh wrapper, process group only (agentplane-runner and setsid not found)".into()
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct SpawnRequest<'a> {
     pub program: &'a Path,
@@ -56,7 +98,7 @@ pub(crate) struct SpawnRequest<'a> {
     pub exit_file: &'a Path,
     /// The FIFO, opened read-write; becomes the agent's stdout and stderr.
     pub output: File,
-    pub setsid: Option<&'a Path>,
+    pub launcher: &'a Launcher,
 }
 
 #[derive(Debug)]
@@ -68,24 +110,34 @@ pub(crate) struct Spawned {
 }
 
 pub(crate) fn spawn(req: SpawnRequest<'_>) -> std::io::Result<Spawned> {
-    let mut cmd = match req.setsid {
-        Some(setsid) => {
-            let mut c = tokio::process::Command::new(setsid);
-            c.arg("/bin/sh");
-            c
+    let (mut cmd, session) = match req.launcher {
+        Launcher::Runner(runner) => {
+            let mut c = tokio::process::Command::new(runner);
+            c.args(agentplane_sandbox::runner_args(req.exit_file, req.program, req.args));
+            (c, true)
         }
-        None => {
-            let mut c = tokio::process::Command::new("/bin/sh");
-            c.process_group(0);
-            c
+        Launcher::Shell { setsid } => {
+            let mut c = match setsid {
+                Some(setsid) => {
+                    let mut c = tokio::process::Command::new(setsid);
+                    c.arg("/bin/sh");
+                    c
+                }
+                None => {
+                    let mut c = tokio::process::Command::new("/bin/sh");
+                    c.process_group(0);
+                    c
+                }
+            };
+            let mut args: Vec<OsString> = vec!["-c".into(), WRAPPER.into(), "agentplane-runner".into()];
+            args.push(req.exit_file.as_os_str().into());
+            args.push(req.program.as_os_str().into());
+            args.extend(req.args.iter().map(OsString::from));
+            c.args(args);
+            (c, setsid.is_some())
         }
     };
-    let mut args: Vec<OsString> = vec!["-c".into(), WRAPPER.into(), "agentplane-runner".into()];
-    args.push(req.exit_file.as_os_str().into());
-    args.push(req.program.as_os_str().into());
-    args.extend(req.args.iter().map(OsString::from));
-    cmd.args(args)
-        .env_clear()
+    cmd.env_clear()
         .envs(req.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .current_dir(req.cwd)
         .stdin(Stdio::null())
@@ -95,7 +147,7 @@ pub(crate) fn spawn(req: SpawnRequest<'_>) -> std::io::Result<Spawned> {
     let child = cmd.spawn()?;
     let pid =
         child.id().and_then(|p| i32::try_from(p).ok()).ok_or_else(|| std::io::Error::other("child has no pid"))?;
-    Ok(Spawned { child, pid, session: req.setsid.is_some(), start_time: proc_stat(pid).map(|s| s.start_time) })
+    Ok(Spawned { child, pid, session, start_time: proc_stat(pid).map(|s| s.start_time) })
 }
 
 /// Sends `sig` (or only checks, with `None`) to the process group `pgid`. Returns whether the
