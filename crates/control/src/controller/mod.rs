@@ -648,7 +648,7 @@ impl Controller {
             let (ctx, tx, lease) = (self.ctx.clone(), self.outcomes_tx.clone(), lease.clone());
             let failures = self.submit_failures.get(&d.key).copied().unwrap_or(0);
             tokio::spawn(async move {
-                let out = resolve::start(&ctx, &lease, d.key, failures).await;
+                let out = resolve::start(&ctx, &lease, d.key, &d.agent.name, failures).await;
                 let _ = tx.send(out);
             });
         }

@@ -34,11 +34,18 @@ pub(crate) const MAX_SUBMIT_FAILURES: u32 = 5;
 
 /// Starts the run `key` if it is still `Pending`. `failures`: retryable submit failures of this
 /// run so far (each retry waits twice as long, from 1 s).
-pub(crate) async fn start(ctx: &Ctx, lease: &Lease, key: RunKey, failures: u32) -> StartOutcome {
+/// `agent` is the run's agent as the scheduler knows it: read at the same time as the run (the
+/// read is used only if the run still names that agent).
+pub(crate) async fn start(ctx: &Ctx, lease: &Lease, key: RunKey, agent: &str, failures: u32) -> StartOutcome {
     let w = Writer { store: ctx.store.as_ref(), lease };
     let delay = chrono::Duration::seconds(1_i64 << failures.min(6));
     let retry_soon = |key: RunKey| StartOutcome::Requeue { key, at: Utc::now() + delay, submit_failed: false };
-    let obj = match ctx.store.get(&ObjectKey::new(Kind::AgentRun, &key.namespace, &key.name)).await {
+    let run_key = ObjectKey::new(Kind::AgentRun, &key.namespace, &key.name);
+    let (obj, agent_read) = tokio::join!(
+        ctx.store.get(&run_key),
+        spec_of::<AgentSpec>(ctx, Kind::Agent, &key.namespace, agent, "MissingAgent"),
+    );
+    let obj = match obj {
         Ok(o) => o,
         Err(StoreError::NotFound(_)) => return StartOutcome::Skipped { key },
         Err(e) => {
@@ -70,7 +77,10 @@ pub(crate) async fn start(ctx: &Ctx, lease: &Lease, key: RunKey, failures: u32) 
     }
     let attempt = st.attempt.unwrap_or(0) + 1;
     let prepared = match ctx.adapter_for(&run) {
-        Ok(a) => resolve(ctx, &run, attempt).await.map(|spec| (a, spec)),
+        Ok(a) => {
+            let agent_read = (run.spec.agent_ref.name == agent).then_some(agent_read);
+            resolve(ctx, &run, attempt, agent_read).await.map(|spec| (a, spec))
+        }
         Err(m) => Err(unstartable("InvalidRuntime", m)),
     };
     let (adapter, spec) = match prepared {
@@ -190,12 +200,22 @@ async fn spec_of<T: serde::de::DeserializeOwned>(
 
 /// Builds the adapter's spec from the run and what it references (for a workflow, the current
 /// step's task and parameters).
-async fn resolve(ctx: &Ctx, run: &AgentRun, attempt: u32) -> Result<RunSpec, Unstartable> {
+///
+/// `agent_read` is the Agent already read (see [`start`]). The provider, the implementation spec
+/// and the memory are read concurrently; a missing one is reported in that order.
+async fn resolve(
+    ctx: &Ctx,
+    run: &AgentRun,
+    attempt: u32,
+    agent_read: Option<Result<AgentSpec, Unstartable>>,
+) -> Result<RunSpec, Unstartable> {
     let ns = run.metadata.namespace_or_default();
     let agent_name = run.spec.agent_ref.name.clone();
-    let agent: AgentSpec = spec_of(ctx, Kind::Agent, ns, &agent_name, "MissingAgent").await?;
+    let agent: AgentSpec = match agent_read {
+        Some(a) => a?,
+        None => spec_of(ctx, Kind::Agent, ns, &agent_name, "MissingAgent").await?,
+    };
     let provider_name = agent.provider_ref.name.clone();
-    let provider: AgentProviderSpec = spec_of(ctx, Kind::AgentProvider, ns, &provider_name, "MissingProvider").await?;
     let implementation_of = |inline: &Option<agentplane_api::InlineImplementation>, r: &Option<Reference>| {
         (inline.as_ref().map(|i| i.inline.clone()), r.as_ref().map(|r| r.name.clone()))
     };
@@ -219,23 +239,32 @@ async fn resolve(ctx: &Ctx, run: &AgentRun, attempt: u32) -> Result<RunSpec, Uns
             count: u32::try_from(wf.steps.len()).unwrap_or(u32::MAX),
         });
     }
-    let implementation: ImplementationSpecSpec = match (inline, by_ref) {
-        (Some(i), _) => i,
-        (None, Some(name)) => spec_of(ctx, Kind::ImplementationSpec, ns, &name, "MissingImplementation").await?,
-        (None, None) => {
-            return Err(unstartable(
-                "MissingImplementation",
-                "the run has neither implementation.inline nor implementationSpecRef",
-            ));
-        }
-    };
-    let memory = match run.spec.memory_ref.as_ref().or(agent.memory_ref.as_ref()) {
-        Some(m) => {
-            let spec: MemorySpec = spec_of(ctx, Kind::Memory, ns, &m.name, "MissingMemory").await?;
-            Some(json!({"name": m.name, "type": spec.type_, "capabilities": spec.capabilities}))
-        }
-        None => None,
-    };
+    let memory_ref = run.spec.memory_ref.as_ref().or(agent.memory_ref.as_ref());
+    let (provider, implementation, memory) = tokio::join!(
+        spec_of::<AgentProviderSpec>(ctx, Kind::AgentProvider, ns, &provider_name, "MissingProvider"),
+        async {
+            match (inline, by_ref) {
+                (Some(i), _) => Ok(i),
+                (None, Some(name)) => {
+                    spec_of::<ImplementationSpecSpec>(ctx, Kind::ImplementationSpec, ns, &name, "MissingImplementation")
+                        .await
+                }
+                (None, None) => Err(unstartable(
+                    "MissingImplementation",
+                    "the run has neither implementation.inline nor implementationSpecRef",
+                )),
+            }
+        },
+        async {
+            match memory_ref {
+                Some(m) => spec_of::<MemorySpec>(ctx, Kind::Memory, ns, &m.name, "MissingMemory")
+                    .await
+                    .map(|spec| Some(json!({"name": m.name, "type": spec.type_, "capabilities": spec.capabilities}))),
+                None => Ok(None),
+            }
+        },
+    );
+    let (provider, implementation, memory) = (provider?, implementation?, memory?);
     let secrets = load_secrets(ctx.cfg.secrets_dir.as_deref(), &run.spec.secrets, &agent)?;
     let uid = run.metadata.uid.clone().unwrap_or_else(|| format!("{ns}-{}", run.metadata.name));
     let mut spec = RunSpec::new(ns, &run.metadata.name, &uid, provider);
