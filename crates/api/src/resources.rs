@@ -177,7 +177,40 @@ pub struct RoleContract {
     pub side_effect_bounds: Map<String, Value>,
 }
 
-pub type Agent = Resource<AgentSpec, BasicStatus>;
+/// Server-owned state of an Agent: the takeover level it has earned and how that level changed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AgentStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<DateTime<Utc>>,
+    /// The highest takeover level (1–5) this agent's runs may have, earned by its track record;
+    /// absent until first set (the server's `governance.initial_earned_level` applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub earned_takeover_level: Option<u8>,
+    /// The last changes of the earned level, oldest first (at most 20 kept; the ledger has all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub takeover_history: Vec<LevelChange>,
+}
+
+/// One recorded change of a takeover level or cap: who, when, from, to, why.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LevelChange {
+    pub at: DateTime<Utc>,
+    /// `kind:id` of who changed it, e.g. `user:alice`.
+    pub by: String,
+    /// The level before (absent: the default applied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<u8>,
+    pub to: u8,
+    pub reason: String,
+}
+
+pub type Agent = Resource<AgentSpec, AgentStatus>;
 
 // ---------------------------------------------------------------------------------------------
 // ImplementationSpec
@@ -553,6 +586,9 @@ pub struct AgentRunStatus {
     /// The commit `spec.workspace` was checked out at (recorded before the agent starts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_commit: Option<String>,
+    /// The run's takeover level and how it was derived (set at admission).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub takeover: Option<RunTakeover>,
     /// The agent's output exceeded the log cap: `.agent/runner.log` holds its tail only.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub log_truncated: bool,
@@ -560,6 +596,23 @@ pub struct AgentRunStatus {
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// A run's effective takeover level: `min(requested, environmentCap, earned)` (DESIGN §6).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RunTakeover {
+    /// `spec.takeoverLevel`, else the environment's `defaultTakeoverLevel` (3 without an
+    /// environment).
+    pub requested: u8,
+    /// The environment's `maxTakeoverLevel` (5 without an environment).
+    pub environment_cap: u8,
+    /// The Agent's earned level at admission.
+    pub earned: u8,
+    /// What the run may do: the minimum of the three.
+    pub effective: u8,
+    /// The environment's class (`development` without an environment).
+    pub environment_class: EnvironmentClass,
 }
 
 /// Status of a multi-step run: one entry per `spec.workflow.steps[]`, in order.
@@ -744,7 +797,23 @@ pub struct EmergencySettings {
     pub authorizers: Vec<String>,
 }
 
-pub type Environment = Resource<EnvironmentSpec, BasicStatus>;
+/// Server-owned state of an Environment: how its takeover cap changed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvironmentStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<DateTime<Utc>>,
+    /// The last changes of `spec.maxTakeoverLevel` made with `agentctl takeover set`, oldest first
+    /// (at most 20 kept; the ledger has all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub takeover_history: Vec<LevelChange>,
+}
+
+pub type Environment = Resource<EnvironmentSpec, EnvironmentStatus>;
 
 // ---------------------------------------------------------------------------------------------
 // Tool

@@ -5,8 +5,10 @@
 
 use agentplane_api::condition::{Condition, ConditionStatus};
 use agentplane_api::{
-    AgentRun, AgentRunStatus, AgentSpec, AnyResource, FieldError, Kind, Reason, RunPhase, ValidationErrors,
+    AgentRun, AgentRunStatus, AgentSpec, AnyResource, EnvironmentSpec, FieldError, Kind, Reason, RunPhase, RunTakeover,
+    ValidationErrors,
 };
+use agentplane_policy::{TakeoverLevel, effective_level};
 use agentplane_store::{ObjectKey, Store, StoreError};
 use chrono::Utc;
 use serde_json::Value;
@@ -25,9 +27,17 @@ const CACHE_MAX_ENTRIES: usize = 10_000;
 /// A small read-through cache of the objects admission resolves, so that a submission does not
 /// pay 3–4 store reads. An invalidation bumps an epoch; a read that started before it never
 /// inserts its (possibly stale) result.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct AdmissionCache {
     inner: Mutex<CacheInner>,
+    /// The earned level of an Agent whose level was never set (`governance.initial_earned_level`).
+    initial_earned_level: u8,
+}
+
+impl Default for AdmissionCache {
+    fn default() -> Self {
+        AdmissionCache::new(crate::config::GovernanceConfig::default().initial_earned_level)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -37,6 +47,15 @@ struct CacheInner {
 }
 
 impl AdmissionCache {
+    pub fn new(initial_earned_level: u8) -> Self {
+        AdmissionCache { inner: Mutex::default(), initial_earned_level }
+    }
+
+    /// The earned level of an Agent whose level was never set.
+    pub fn initial_earned_level(&self) -> u8 {
+        self.initial_earned_level
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -120,7 +139,14 @@ async fn admit_run(store: &dyn Store, cache: &AdmissionCache, run: &mut AgentRun
             }
         },
     );
-    let agent: Option<AgentSpec> = match agent_v? {
+    let agent_v = agent_v?;
+    let earned = agent_v
+        .as_ref()
+        .and_then(|v| v.pointer("/status/earnedTakeoverLevel"))
+        .and_then(Value::as_u64)
+        .and_then(|l| u8::try_from(l).ok())
+        .unwrap_or(cache.initial_earned_level);
+    let agent: Option<AgentSpec> = match agent_v {
         Some(v) => v.get("spec").cloned().and_then(|s| serde_json::from_value(s).ok()),
         None => {
             errs.push(missing("spec.agentRef.name", Reason::MissingAgent, Kind::Agent, &ns, &agent_name));
@@ -136,9 +162,13 @@ async fn admit_run(store: &dyn Store, cache: &AdmissionCache, run: &mut AgentRun
             name,
         ));
     }
-    if let (Some(name), Some(None)) = (&env, env_v?) {
+    let env_v = env_v?;
+    if let (Some(name), Some(None)) = (&env, &env_v) {
         errs.push(missing("spec.environment", Reason::MissingEnvironment, Kind::Environment, &ns, name));
     }
+    let env_spec: Option<EnvironmentSpec> =
+        env_v.flatten().and_then(|v| v.get("spec").cloned()).and_then(|s| serde_json::from_value(s).ok());
+    let takeover = run_takeover(run.spec.takeover_level, env_spec.as_ref(), earned);
     if let Some(agent) = &agent {
         let provider = &agent.provider_ref.name;
         if exists(cache, store, Kind::AgentProvider, &ns, provider).await?.is_none() {
@@ -189,7 +219,21 @@ async fn admit_run(store: &dyn Store, cache: &AdmissionCache, run: &mut AgentRun
         attempt: Some(0),
         observed_generation: Some(1),
         updated_at: Some(now),
+        takeover: Some(takeover),
         ..AgentRunStatus::default()
     });
     Ok(())
+}
+
+/// A run's takeover level (DESIGN §6): requested = `spec.takeoverLevel`, else the environment's
+/// default; cap = the environment's `maxTakeoverLevel`; both default by the environment's class
+/// (`development` when the run names no environment); effective = min(requested, cap, earned).
+pub fn run_takeover(requested: Option<u8>, env: Option<&EnvironmentSpec>, earned: u8) -> RunTakeover {
+    let class = env.map(|e| e.class).unwrap_or_default();
+    let (class_max, class_default) = class.default_levels();
+    let cap = env.and_then(|e| e.max_takeover_level).unwrap_or(class_max);
+    let requested = requested.or(env.and_then(|e| e.default_takeover_level)).unwrap_or(class_default);
+    let clamp = |l: u8| TakeoverLevel::from_u8(l.clamp(1, 5)).unwrap_or(TakeoverLevel::L1);
+    let effective = effective_level(clamp(requested), clamp(cap), clamp(earned), None);
+    RunTakeover { requested, environment_cap: cap, earned, effective: effective.as_u8(), environment_class: class }
 }

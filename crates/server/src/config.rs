@@ -172,6 +172,20 @@ impl Default for RetentionConfig {
     }
 }
 
+/// Governance defaults (`[governance]` in the file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GovernanceConfig {
+    /// The earned takeover level (1–5) of an Agent whose level was never set.
+    pub initial_earned_level: u8,
+}
+
+impl Default for GovernanceConfig {
+    fn default() -> Self {
+        GovernanceConfig { initial_earned_level: 3 }
+    }
+}
+
 /// Where secret values come from (`[secrets]` in the file).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -199,6 +213,7 @@ pub struct Config {
     pub controller: ControllerConfig,
     pub retention: RetentionConfig,
     pub secrets: SecretsConfig,
+    pub governance: GovernanceConfig,
     /// Benchmarks only: do not record writes in the ledger (never settable from a file, the
     /// environment or a flag).
     #[serde(skip)]
@@ -221,6 +236,7 @@ impl Default for Config {
             controller: ControllerConfig::default(),
             retention: RetentionConfig::default(),
             secrets: SecretsConfig::default(),
+            governance: GovernanceConfig::default(),
             bench_disable_ledger: false,
         }
     }
@@ -253,6 +269,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("AGENTPLANE_CONTROLLER_CLUSTER_MAX_IN_FLIGHT", "controller.cluster_max_in_flight"),
     ("AGENTPLANE_CONTROLLER_RETRY_BASE_SECONDS", "controller.retry_base_seconds"),
     ("AGENTPLANE_CONTROLLER_RETRY_MAX_SECONDS", "controller.retry_max_seconds"),
+    ("AGENTPLANE_GOVERNANCE_INITIAL_EARNED_LEVEL", "governance.initial_earned_level"),
     ("AGENTPLANE_RETENTION_ENABLED", "retention.enabled"),
     ("AGENTPLANE_RETENTION_RUNS_DAYS", "retention.runs_days"),
     ("AGENTPLANE_RETENTION_LOGS_DAYS", "retention.logs_days"),
@@ -320,6 +337,7 @@ impl Config {
                 "AGENTPLANE_CONTROLLER_CLUSTER_MAX_IN_FLIGHT" => c.controller.cluster_max_in_flight = parse(var, v)?,
                 "AGENTPLANE_CONTROLLER_RETRY_BASE_SECONDS" => c.controller.retry_base_seconds = parse(var, v)?,
                 "AGENTPLANE_CONTROLLER_RETRY_MAX_SECONDS" => c.controller.retry_max_seconds = parse(var, v)?,
+                "AGENTPLANE_GOVERNANCE_INITIAL_EARNED_LEVEL" => c.governance.initial_earned_level = parse(var, v)?,
                 "AGENTPLANE_RETENTION_ENABLED" => c.retention.enabled = parse_bool(var, v)?,
                 "AGENTPLANE_RETENTION_RUNS_DAYS" => c.retention.runs_days = parse(var, v)?,
                 "AGENTPLANE_RETENTION_LOGS_DAYS" => c.retention.logs_days = parse(var, v)?,
@@ -428,6 +446,12 @@ impl Config {
             return Err(ConfigError(
                 "controller.tick_millis must be 1 to 60000 and controller.lease_seconds at least 2".into(),
             ));
+        }
+        if !(1..=5).contains(&self.governance.initial_earned_level) {
+            return Err(ConfigError(format!(
+                "governance.initial_earned_level = {} must be a takeover level from 1 to 5",
+                self.governance.initial_earned_level
+            )));
         }
         let r = &self.retention;
         if !finite_pos(r.runs_days) || !finite_pos(r.logs_days) || r.sweep_interval_seconds == 0 {

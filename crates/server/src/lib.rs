@@ -249,11 +249,12 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         ))),
         _ => None,
     };
+    let admission_cache = admission::AdmissionCache::new(config.governance.initial_earned_level);
     let state = Arc::new(AppState {
         store: store.clone(),
         config: Arc::new(config),
         ledger_key,
-        admission_cache: admission::AdmissionCache::default(),
+        admission_cache,
         shutdown: rx.clone(),
     });
     let app = router(state);
