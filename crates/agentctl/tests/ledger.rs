@@ -83,7 +83,7 @@ fn query_filters_by_action_target_namespace_time_and_limit() {
     // -n filters; without it, every namespace.
     assert_eq!(target_names(&entries(&s, &["-n", "team-a"])), ["tester"]);
     assert_eq!(entries(&s, &[]).len(), 4);
-    assert_eq!(entries(&s, &["--actor", "user:anonymous", "--outcome", "success"]).len(), 4);
+    assert_eq!(entries(&s, &["--actor", "user:bootstrap-admin", "--outcome", "success"]).len(), 4);
     assert!(entries(&s, &["--actor", "user:mallory"]).is_empty());
     assert!(entries(&s, &["--action", "resource.deleted"]).is_empty());
 
@@ -116,7 +116,7 @@ fn query_table_output_and_errors() {
     let row: Vec<&str> = lines[1].split_whitespace().collect();
     assert_eq!(row[0], "2");
     assert!(row[1].ends_with('Z') && row[1].len() == "2026-11-26T06:00:00Z".len(), "{row:?}");
-    assert_eq!(&row[2..], ["user:anonymous", "resource.created", "agent/default/coder", "success"]);
+    assert_eq!(&row[2..], ["user:bootstrap-admin", "resource.created", "agent/default/coder", "success"]);
 
     let out = s.ctl(&["ledger", "query", "--action", "nothing.such"]);
     assert_eq!((out.code, out.stdout.as_str(), out.stderr.as_str()), (0, "", "No ledger entries found.\n"));

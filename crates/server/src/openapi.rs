@@ -93,7 +93,7 @@ fn run_subresources(paths: &mut Map<String, Value>, schemas: &mut Map<String, Va
                     "reason": {"type": "string"},
                     "message": {"type": "string"},
                     "time": {"type": "string", "format": "date-time"},
-                    "actor": {"type": "string", "description": "kind:id, e.g. user:anonymous, system:controller"},
+                    "actor": {"type": "string", "description": "kind:id, e.g. user:alice, system:controller"},
                     "attempt": {"type": "integer"},
                     "seq": {"type": "integer", "description": "The ledger entry the event comes from"}
                 }

@@ -48,8 +48,13 @@ fn stamp_submitter(obj: &mut Value, actor: &Actor) {
 
 /// Drop a client-supplied submitted-by annotation (only the server writes it).
 fn strip_submitter(obj: &mut Value) {
-    if let Some(a) = obj.pointer_mut("/metadata/annotations").and_then(Value::as_object_mut) {
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut)
+        && let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut)
+    {
         a.remove(SUBMITTED_BY);
+        if a.is_empty() {
+            meta.remove("annotations");
+        }
     }
 }
 

@@ -64,7 +64,7 @@ fn query_err(e: QueryRejection) -> ApiError {
     ApiError::invalid(format!("bad query string: {e}"))
 }
 
-/// `kind:id`, as people read an actor (`user:anonymous`).
+/// `kind:id`, as people read an actor (`user:alice`).
 pub fn actor_label(a: &Actor) -> String {
     let kind = match a.kind {
         ActorKind::User => "user",
