@@ -336,10 +336,17 @@ async fn wait_for_signal() {
 /// `agentctl server`: load the config (flags, `AGENTPLANE_*` environment, file), serve until
 /// SIGTERM or SIGINT, then shut down gracefully.
 pub async fn run(args: ServerArgs) -> Result<(), ServerError> {
+    run_with(args, |_| {}).await
+}
+
+/// [`run`], calling `on_ready` with the effective config once the server listens (the CLI uses
+/// it to write the dev token into its config file).
+pub async fn run_with(args: ServerArgs, on_ready: impl FnOnce(&Config)) -> Result<(), ServerError> {
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let config = Config::load(&args, &env)?;
     init_logging(&config);
-    let server = start(config).await?;
+    let server = start(config.clone()).await?;
+    on_ready(&config);
     wait_for_signal().await;
     server.shutdown().await
 }
