@@ -144,8 +144,10 @@ pub enum TokenCommand {
     ///
     /// The role is granted in the namespace given with -n/--namespace, or cluster-wide without it
     /// (the configured default namespace does not apply).
-    #[command(after_help = "Examples:\n  agentctl token create --name ci --role submitter --namespace team-a --expires 30d\n  \
-                            agentctl token create --name ops --role operator")]
+    #[command(
+        after_help = "Examples:\n  agentctl token create --name ci --role submitter --namespace team-a --expires 30d\n  \
+                            agentctl token create --name ops --role operator"
+    )]
     Create(TokenCreateArgs),
     /// List tokens (never the tokens themselves)
     List(TokenListArgs),

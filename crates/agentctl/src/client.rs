@@ -460,7 +460,9 @@ impl Client {
         let resp = self.send(self.request(Method::DELETE, self.url(&["api", "v1", "tokens", name]))).await;
         let resp = match resp {
             Err(CliError::Api(e)) if e.status == 404 => {
-                return Err(CliError::Other(format!("no active token named {name:?} (agentctl token list shows them)")));
+                return Err(CliError::Other(format!(
+                    "no active token named {name:?} (agentctl token list shows them)"
+                )));
             }
             other => other?,
         };

@@ -144,6 +144,37 @@ pub fn config_path(flags: &ClientArgs, env: &dyn Env) -> Option<PathBuf> {
     env.var("HOME").map(|h| PathBuf::from(h).join(".config").join("agentctl").join("config.toml"))
 }
 
+/// Set `token` in the client config file at `path` (creating it, mode 0600), keeping its other
+/// settings. Used by `agentctl server --dev`.
+pub fn write_token(path: &Path, token: &str) -> Result<(), CliError> {
+    let err = |e: String| CliError::Other(format!("cannot write the client config {}: {e}", path.display()));
+    let mut table: toml::Table = match std::fs::read_to_string(path) {
+        Ok(text) => toml::from_str(&text).map_err(|e| err(e.to_string()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => toml::Table::new(),
+        Err(e) => return Err(err(e.to_string())),
+    };
+    table.insert("token".into(), toml::Value::String(token.to_string()));
+    let text = toml::to_string(&table).map_err(|e| err(e.to_string()))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    use std::io::Write;
+    let mut f = opts.open(path).map_err(|e| err(e.to_string()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(|e| err(e.to_string()))?;
+    }
+    f.write_all(text.as_bytes()).map_err(|e| err(e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,7 +196,8 @@ mod tests {
         assert_eq!(s.token.as_ref().map(Token::expose), Some("s3cret"));
         assert!(!format!("{s:?}").contains("s3cret"));
 
-        let e = env(&[("AGENTCTL_SERVER", "http://env:2"), ("AGENTCTL_NAMESPACE", "envns"), ("AGENTCTL_TOKEN", "envtok")]);
+        let e =
+            env(&[("AGENTCTL_SERVER", "http://env:2"), ("AGENTCTL_NAMESPACE", "envns"), ("AGENTCTL_TOKEN", "envtok")]);
         let s = Settings::resolve(&flags, &e).unwrap();
         assert_eq!((s.server.as_str(), s.namespace.as_str()), ("http://env:2", "envns"));
         assert_eq!(s.token.as_ref().map(Token::expose), Some("envtok"));
@@ -215,35 +247,4 @@ mod tests {
         );
         assert_eq!(config_path(&flags, &env(&[])), None);
     }
-}
-
-/// Set `token` in the client config file at `path` (creating it, mode 0600), keeping its other
-/// settings. Used by `agentctl server --dev`.
-pub fn write_token(path: &Path, token: &str) -> Result<(), CliError> {
-    let err = |e: String| CliError::Other(format!("cannot write the client config {}: {e}", path.display()));
-    let mut table: toml::Table = match std::fs::read_to_string(path) {
-        Ok(text) => toml::from_str(&text).map_err(|e| err(e.to_string()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => toml::Table::new(),
-        Err(e) => return Err(err(e.to_string())),
-    };
-    table.insert("token".into(), toml::Value::String(token.to_string()));
-    let text = toml::to_string(&table).map_err(|e| err(e.to_string()))?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-    }
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    use std::io::Write;
-    let mut f = opts.open(path).map_err(|e| err(e.to_string()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(|e| err(e.to_string()))?;
-    }
-    f.write_all(text.as_bytes()).map_err(|e| err(e.to_string()))
 }

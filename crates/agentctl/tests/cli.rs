@@ -365,7 +365,8 @@ fn the_config_file_is_strict_and_used() {
 #[test]
 fn token_commands_create_list_revoke_and_roles_are_enforced() {
     let s = TestServer::start();
-    let out = s.ctl(&["token", "create", "--name", "ci", "--role", "viewer", "--namespace", "team-a", "--expires", "30d"]);
+    let out =
+        s.ctl(&["token", "create", "--name", "ci", "--role", "viewer", "--namespace", "team-a", "--expires", "30d"]);
     assert_eq!(out.code, 0, "{out:?}");
     let tok = out.stdout.trim().to_string();
     assert!(tok.starts_with("apt_") && out.stdout.lines().count() == 1, "{}", out.stdout);

@@ -638,7 +638,8 @@ mod tests {
         assert!(c.auth.oidc.is_none());
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
-        std::fs::write(&f, "[auth.oidc]\nissuer = \"https://i\"\naudience = \"a\"\nalgorithms = [\"HS256\"]\n").unwrap();
+        std::fs::write(&f, "[auth.oidc]\nissuer = \"https://i\"\naudience = \"a\"\nalgorithms = [\"HS256\"]\n")
+            .unwrap();
         let args = ServerArgs { config: Some(f.clone()), ..Default::default() };
         let e = Config::load(&args, &env(&[])).unwrap_err().to_string();
         assert!(e.contains("HS256"), "{e}");

@@ -243,14 +243,11 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         tracing::info!("run controller enabled");
         let mut cfg = controller_config(&config);
         let key = run_tokens.clone();
-        cfg.run_tokens = Some(agentplane_control::controller::RunTokenMinter(Arc::new(move |ns, name, uid, attempt| {
-            key.mint(ns, name, uid, attempt)
-        })));
-        tokio::spawn(agentplane_control::controller::run_controller(
-            store.clone(),
-            cfg,
-            rx.clone(),
-        ))
+        cfg.run_tokens =
+            Some(agentplane_control::controller::RunTokenMinter(Arc::new(move |ns, name, uid, attempt| {
+                key.mint(ns, name, uid, attempt)
+            })));
+        tokio::spawn(agentplane_control::controller::run_controller(store.clone(), cfg, rx.clone()))
     });
     let retention = match agentplane_control::retention::RetentionPolicy::from_days(
         config.retention.runs_days,

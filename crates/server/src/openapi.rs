@@ -10,8 +10,12 @@ fn err_responses(codes: &[&str]) -> Map<String, Value> {
     let mut m = Map::new();
     for c in codes.iter().chain(&["401", "403", "429"]) {
         let desc = match *c {
-            "401" => "Not authenticated (`Unauthorized`): no, malformed, unknown, expired or revoked credentials; header WWW-Authenticate: Bearer",
-            "403" => "Authenticated but not allowed (`Forbidden`); details name the permission and the roles that hold it",
+            "401" => {
+                "Not authenticated (`Unauthorized`): no, malformed, unknown, expired or revoked credentials; header WWW-Authenticate: Bearer"
+            }
+            "403" => {
+                "Authenticated but not allowed (`Forbidden`); details name the permission and the roles that hold it"
+            }
             "429" => "The token's rate limit is spent (`RateLimited`); header Retry-After",
             "400" => "Invalid request or validation failed (`ValidationFailed`, `InvalidRequest`)",
             "404" => "Not found",

@@ -24,8 +24,8 @@ use futures::{Stream, StreamExt};
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::auth::Principal;
 use crate::admission::AdmissionCache;
+use crate::auth::Principal;
 use crate::body::read_document;
 use crate::error::{ApiError, ErrorCode};
 
@@ -277,13 +277,11 @@ fn merged(existing: &Value, desired: &Value) -> Value {
         }
         // Who submitted a run never changes.
         strip_submitter(&mut next);
-        if let Some(by) = existing.pointer(&format!("/metadata/annotations/{}", SUBMITTED_BY.replace('/', "~1"))) {
-            if let Some(meta) = next.get_mut("metadata").and_then(Value::as_object_mut) {
-                let ann = meta.entry("annotations").or_insert_with(|| json!({}));
-                if let Some(a) = ann.as_object_mut() {
-                    a.insert(SUBMITTED_BY.into(), by.clone());
-                }
-            }
+        if let Some(by) = existing.pointer(&format!("/metadata/annotations/{}", SUBMITTED_BY.replace('/', "~1")))
+            && let Some(meta) = next.get_mut("metadata").and_then(Value::as_object_mut)
+            && let Some(a) = meta.entry("annotations").or_insert_with(|| json!({})).as_object_mut()
+        {
+            a.insert(SUBMITTED_BY.into(), by.clone());
         }
     }
     next

@@ -35,8 +35,8 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::AppState;
-use crate::error::{ApiError, ErrorCode};
 use crate::auth::Principal;
+use crate::error::{ApiError, ErrorCode};
 
 /// Read–modify–write attempts of a cancel before giving up with `409 Conflict`.
 const CAS_ATTEMPTS: usize = 8;

@@ -62,7 +62,10 @@ async fn rbac_matrix_is_enforced_cell_by_cell() {
                     let expect_ok = allows(role, *perm) && in_scope;
                     let (code, v) = call(&c, &t.base, method, &path, body_for(method, template, &name)).await;
                     if expect_ok {
-                        assert!(code != 401 && code != 403, "{label} {method} {path}: expected allowed, got {code} {v}");
+                        assert!(
+                            code != 401 && code != 403,
+                            "{label} {method} {path}: expected allowed, got {code} {v}"
+                        );
                     } else {
                         assert_eq!(code, 403, "{label} {method} {path}: expected 403, got {v}");
                         assert_eq!(v["code"], "Forbidden");
@@ -226,7 +229,10 @@ async fn tokens_are_shown_once_listed_without_secrets_and_recorded() {
     let names: Vec<&str> = list["items"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["bootstrap-admin", "deployer"]);
     let d = &list["items"][1];
-    assert_eq!((d["role"].as_str(), d["namespace"].as_str(), d["active"].as_bool()), (Some("submitter"), Some("team-a"), Some(true)));
+    assert_eq!(
+        (d["role"].as_str(), d["namespace"].as_str(), d["active"].as_bool()),
+        (Some("submitter"), Some("team-a"), Some(true))
+    );
     assert_eq!(d["createdBy"], "user:bootstrap-admin");
     // A second active token with the same name is a conflict.
     let r = t.client.post(t.url("/api/v1/tokens")).json(&json!({"name": "deployer", "role": "viewer"})).send().await;

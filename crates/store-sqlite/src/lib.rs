@@ -40,8 +40,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use agentplane_store::{
-    ApiToken, Checkpoint, Entry, EntryDraft, Lease, LedgerPage, LedgerQuery, ListQuery, ObjectKey, ObjectList, Precondition,
-    Revision, Store, StoreError, WatchEvent, WatchQuery, WatchStream,
+    ApiToken, Checkpoint, Entry, EntryDraft, Lease, LedgerPage, LedgerQuery, ListQuery, ObjectKey, ObjectList,
+    Precondition, Revision, Store, StoreError, WatchEvent, WatchQuery, WatchStream,
 };
 use async_trait::async_trait;
 use serde_json::Value;

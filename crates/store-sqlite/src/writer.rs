@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use agentplane_api::DEFAULT_NAMESPACE;
 use agentplane_store::{
-    ApiToken, Checkpoint, Entry, EntryDraft, EventType, Lease, ObjectKey, Precondition, Revision, StoreError, Target, WatchEvent,
-    revision_of,
+    ApiToken, Checkpoint, Entry, EntryDraft, EventType, Lease, ObjectKey, Precondition, Revision, StoreError, Target,
+    WatchEvent, revision_of,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Map, Value};

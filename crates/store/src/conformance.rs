@@ -28,8 +28,8 @@ use serde_json::{Value, json};
 use agentplane_ledger::{Actor, Checkpoint, Entry, EntryDraft};
 
 use crate::{
-    ApiToken, EventType, LedgerQuery, ListQuery, ObjectKey, Precondition, Revision, Store, StoreError, WatchEvent, WatchQuery,
-    WatchStream, revision_of,
+    ApiToken, EventType, LedgerQuery, ListQuery, ObjectKey, Precondition, Revision, Store, StoreError, WatchEvent,
+    WatchQuery, WatchStream, revision_of,
 };
 
 /// How long a case waits for one expected watch event (or the end of a stream).
@@ -1361,7 +1361,8 @@ pub async fn api_tokens_round_trip_and_revoke(h: &dyn Harness) {
     let (head, _) = store.ledger_head().await.expect("head");
     let a = store.create_token(token("id-a", "ci", "aa"), token_audit("token.created", "ci")).await.expect("create");
     assert_eq!(a.name, "ci");
-    let e = store.create_token(token("id-b", "ci", "bb"), token_audit("token.created", "ci")).await.unwrap_err();
+    let e =
+        store.create_token(token("id-b", "ci", "bb"), token_audit("token.created", "ci")).await.expect_err("must fail");
     assert!(matches!(e, StoreError::TokenExists(ref n) if n == "ci"), "{e:?}");
     assert_eq!(store.get_token_by_hash("aa").await.expect("get").map(|t| t.id), Some("id-a".into()));
     assert_eq!(store.get_token_by_hash("zz").await.expect("get"), None);
@@ -1370,7 +1371,7 @@ pub async fn api_tokens_round_trip_and_revoke(h: &dyn Harness) {
     assert_eq!(revoked.id, "id-a");
     assert!(revoked.revoked_at.is_some());
     assert!(!revoked.is_active(chrono::Utc::now()));
-    let e = store.revoke_token("ci", at, token_audit("token.revoked", "ci")).await.unwrap_err();
+    let e = store.revoke_token("ci", at, token_audit("token.revoked", "ci")).await.expect_err("must fail");
     assert!(matches!(e, StoreError::TokenNotFound(_)), "{e:?}");
     // The name is free again once revoked.
     store.create_token(token("id-c", "ci", "cc"), token_audit("token.created", "ci")).await.expect("reuse name");

@@ -44,7 +44,10 @@ const LIST_PAGE: usize = 1_000;
 /// Mints the run-scoped token handed to an attempt's agent (`AGENTPLANE_TOKEN`) from the run's
 /// namespace, name, uid and attempt. The server supplies it (it owns the key).
 #[derive(Clone)]
-pub struct RunTokenMinter(pub Arc<dyn Fn(&str, &str, &str, u32) -> String + Send + Sync>);
+pub struct RunTokenMinter(pub Arc<MintFn>);
+
+/// `(namespace, name, uid, attempt) -> token`.
+pub type MintFn = dyn Fn(&str, &str, &str, u32) -> String + Send + Sync;
 
 impl std::fmt::Debug for RunTokenMinter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -193,7 +193,11 @@ impl Auth {
     }
 
     /// Authenticate the bearer token of a request.
-    pub async fn authenticate(&self, store: &dyn Store, headers: &axum::http::HeaderMap) -> Result<Principal, AuthFailure> {
+    pub async fn authenticate(
+        &self,
+        store: &dyn Store,
+        headers: &axum::http::HeaderMap,
+    ) -> Result<Principal, AuthFailure> {
         let mut values = headers.get_all(header::AUTHORIZATION).iter();
         let value = values.next().ok_or(AuthFailure::Missing)?;
         if values.next().is_some() {
@@ -206,7 +210,8 @@ impl Auth {
             )));
         }
         let text = value.to_str().map_err(|_| AuthFailure::malformed("the Authorization header is not ASCII"))?;
-        let (scheme, token) = text.split_once(' ').ok_or_else(|| AuthFailure::malformed("expected 'Bearer <token>'"))?;
+        let (scheme, token) =
+            text.split_once(' ').ok_or_else(|| AuthFailure::malformed("expected 'Bearer <token>'"))?;
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(AuthFailure::malformed("expected 'Bearer <token>'"));
         }
@@ -216,7 +221,8 @@ impl Auth {
         }
         if token.starts_with(tokens::PREFIX) {
             let t = self.tokens.verify(store, token).await?;
-            let role = rbac::Role::parse(&t.role).ok_or_else(|| AuthFailure::invalid("the token has an unknown role"))?;
+            let role =
+                rbac::Role::parse(&t.role).ok_or_else(|| AuthFailure::invalid("the token has an unknown role"))?;
             return Ok(Principal {
                 subject: Subject::Token { id: t.id, name: t.name },
                 grants: vec![Grant { role, namespace: t.namespace }],
@@ -236,7 +242,8 @@ impl Auth {
     }
 
     async fn run_principal(&self, store: &dyn Store, token: &str) -> Result<Principal, AuthFailure> {
-        let claims = self.run_tokens.verify(token).ok_or_else(|| AuthFailure::invalid("the run token does not verify"))?;
+        let claims =
+            self.run_tokens.verify(token).ok_or_else(|| AuthFailure::invalid("the run token does not verify"))?;
         let key = ObjectKey::new(agentplane_api::Kind::AgentRun, &claims.namespace, &claims.name);
         let run = match store.get(&key).await {
             Ok(r) => r,

@@ -140,7 +140,13 @@ pub const MATRIX: &[Row] = &[
         verbs: "create",
         roles: &[Submitter, Operator, Admin],
     },
-    Row { perm: Perm::RunsDelete, id: "agentruns.delete", resource: "agentruns", verbs: "delete", roles: &[Operator, Admin] },
+    Row {
+        perm: Perm::RunsDelete,
+        id: "agentruns.delete",
+        resource: "agentruns",
+        verbs: "delete",
+        roles: &[Operator, Admin],
+    },
     Row {
         perm: Perm::RunsLogs,
         id: "agentruns.logs",
@@ -162,8 +168,20 @@ pub const MATRIX: &[Row] = &[
         verbs: "get",
         roles: &[Operator, Admin],
     },
-    Row { perm: Perm::LedgerExport, id: "ledger.export", resource: "ledger/export", verbs: "get", roles: &[Operator, Admin] },
-    Row { perm: Perm::TokensManage, id: "tokens.manage", resource: "tokens", verbs: "create, list, revoke", roles: &[Admin] },
+    Row {
+        perm: Perm::LedgerExport,
+        id: "ledger.export",
+        resource: "ledger/export",
+        verbs: "get",
+        roles: &[Operator, Admin],
+    },
+    Row {
+        perm: Perm::TokensManage,
+        id: "tokens.manage",
+        resource: "tokens",
+        verbs: "create, list, revoke",
+        roles: &[Admin],
+    },
     Row {
         perm: Perm::ApprovalsDecide,
         id: "approvals.decide",
