@@ -263,6 +263,7 @@ pub fn classify(method: &Method, path: &str, metrics_public: bool) -> Access {
         ("agentruns", false) => Perm::RunsCreate,
         _ => Perm::ResourcesWrite,
     };
+    let read = *method == Method::GET || *method == Method::HEAD;
     match segs.as_slice() {
         ["healthz"] | ["readyz"] => Access::Public,
         ["metrics"] if metrics_public => Access::Public,
@@ -272,14 +273,14 @@ pub fn classify(method: &Method, path: &str, metrics_public: bool) -> Access {
         ["api", "v1", "ledger", ..] => cluster(Perm::LedgerRead),
         ["api", "v1", "tokens", ..] => cluster(Perm::TokensManage),
         ["api", "v1", "namespaces", ns, plural] => {
-            if *method == Method::GET {
+            if read {
                 in_ns(Perm::ResourcesRead, ns)
             } else {
                 in_ns(write_perm(plural, false), ns)
             }
         }
         ["api", "v1", "namespaces", ns, plural, name] => {
-            if *method == Method::GET {
+            if read {
                 let run = (*plural == "agentruns").then(|| (ns.to_string(), name.to_string()));
                 Access::Protected { perm: Perm::ResourcesRead, scope: Scope::Namespace(ns.to_string()), run }
             } else {
@@ -390,6 +391,22 @@ mod tests {
         assert_eq!(classify(&Method::GET, "/metrics", true), Access::Public);
         assert_ne!(classify(&Method::GET, "/metrics", false), Access::Public);
         assert_ne!(classify(&Method::GET, "/nothing", false), Access::Public);
+    }
+
+    #[test]
+    fn encoded_or_odd_paths_never_widen_a_grant() {
+        // The scope is the raw path segment: an encoded namespace never equals a granted one.
+        let g = [Grant { role: Role::Operator, namespace: Some("a".into()) }];
+        for path in ["/api/v1/namespaces/%61/agents", "/api/v1/namespaces/a%2Fb/agents", "/api/v1/namespaces//agents"] {
+            let Access::Protected { perm, scope, .. } = classify(&Method::POST, path, false) else { panic!("{path}") };
+            assert!(!permits(&g, perm, &scope), "{path}");
+        }
+        let Access::Protected { perm, .. } = classify(&Method::GET, "/api/v1/tokens/", false) else { panic!() };
+        assert_eq!(perm, Perm::TokensManage);
+        let Access::Protected { perm, .. } = classify(&Method::HEAD, "/api/v1/namespaces/a/agents", false) else {
+            panic!()
+        };
+        assert_eq!(perm, Perm::ResourcesRead);
     }
 
     #[test]
