@@ -20,11 +20,14 @@ Exit codes:
   9  run failed ('run wait', 'run watch', 'run logs -f', 'run submit --wait': the AgentRun ended Failed)
   10 run cancelled (same commands: the AgentRun ended Cancelled)
   11 wait timed out ('run wait --timeout', 'run watch --timeout', 'run submit --wait --wait-timeout')
+  12 not authenticated (401: no token, or an unknown, expired or revoked one)
+  13 forbidden (403: the token's role does not allow this)
 
 Environment:
   AGENTCTL_SERVER     server URL (overrides the config file; --server overrides it)
   AGENTCTL_NAMESPACE  default namespace (overrides the config file; -n overrides it)
   AGENTCTL_CONFIG     config file path (--config overrides it)
+  AGENTCTL_TOKEN      bearer token (overrides the config file; --token overrides it)
 
 See docs/cli.md for the full reference.";
 
@@ -56,6 +59,10 @@ pub struct ClientArgs {
     /// else ~/.config/agentctl/config.toml]
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// Bearer token (API token or OIDC JWT) [env: AGENTCTL_TOKEN] [default: the config file's
+    /// `token`]
+    #[arg(long, value_name = "TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 impl ClientArgs {
@@ -66,11 +73,16 @@ impl ClientArgs {
             namespace: after.namespace.clone().or_else(|| self.namespace.clone()),
             output: after.output.or(self.output),
             config: after.config.clone().or_else(|| self.config.clone()),
+            token: after.token.clone().or_else(|| self.token.clone()),
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.server.is_none() && self.namespace.is_none() && self.output.is_none() && self.config.is_none()
+        self.server.is_none()
+            && self.namespace.is_none()
+            && self.output.is_none()
+            && self.config.is_none()
+            && self.token.is_none()
     }
 }
 
@@ -109,6 +121,8 @@ pub enum Command {
     Run(RunArgs),
     /// Verify, query, export and summarise the tamper-evident ledger
     Ledger(LedgerArgs),
+    /// Create, list and revoke API tokens (admin)
+    Token(TokenArgs),
     /// Print the client and server versions
     Version(VersionArgs),
     /// Print a shell completion script
@@ -116,6 +130,60 @@ pub enum Command {
     Completion(CompletionArgs),
     /// Run the agentplane server
     Server(agentplane_server::ServerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[command(subcommand)]
+    pub command: TokenCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it (once: only its hash is stored)
+    ///
+    /// The role is granted in the namespace given with -n/--namespace, or cluster-wide without it
+    /// (the configured default namespace does not apply).
+    #[command(
+        after_help = "Examples:\n  agentctl token create --name ci --role submitter --namespace team-a --expires 30d\n  \
+                            agentctl token create --name ops --role operator"
+    )]
+    Create(TokenCreateArgs),
+    /// List tokens (never the tokens themselves)
+    List(TokenListArgs),
+    /// Revoke a token by name or id; it stops working at once
+    #[command(after_help = "Example:\n  agentctl token revoke ci")]
+    Revoke(TokenRevokeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    /// Name of the token (unique among active tokens; the ledger records its calls as user:NAME)
+    #[arg(long, value_name = "NAME")]
+    pub name: String,
+    /// viewer, submitter, approver, operator or admin (see docs/rbac.md)
+    #[arg(long, value_name = "ROLE")]
+    pub role: String,
+    /// Lifetime, e.g. 30d, 12h, 90m [default: no expiry]
+    #[arg(long, value_name = "DURATION")]
+    pub expires: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenListArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenRevokeArgs {
+    /// Name or id of the token
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, Args)]

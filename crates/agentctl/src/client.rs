@@ -442,6 +442,33 @@ impl Client {
         EventStream { body: BodyStream { resp, server: self.display.clone() }, parser: SseParser::default() }
     }
 
+    /// `POST /api/v1/tokens`: the reply carries the token, once.
+    pub async fn create_token(&self, body: &Value) -> Result<Value, CliError> {
+        let req = self.request(Method::POST, self.url(&["api", "v1", "tokens"])).json(body);
+        let resp = self.send(req).await?;
+        self.json(resp).await
+    }
+
+    /// `GET /api/v1/tokens`: `{"items": [...]}`, never secrets.
+    pub async fn list_tokens(&self) -> Result<Value, CliError> {
+        let resp = self.send(self.request(Method::GET, self.url(&["api", "v1", "tokens"]))).await?;
+        self.json(resp).await
+    }
+
+    /// `DELETE /api/v1/tokens/{id-or-name}`.
+    pub async fn revoke_token(&self, name: &str) -> Result<Value, CliError> {
+        let resp = self.send(self.request(Method::DELETE, self.url(&["api", "v1", "tokens", name]))).await;
+        let resp = match resp {
+            Err(CliError::Api(e)) if e.status == 404 => {
+                return Err(CliError::Other(format!(
+                    "no active token named {name:?} (agentctl token list shows them)"
+                )));
+            }
+            other => other?,
+        };
+        self.json(resp).await
+    }
+
     pub async fn version(&self) -> Result<Value, CliError> {
         let resp = self.send(self.request(Method::GET, self.url(&["api", "v1", "version"]))).await?;
         self.json(resp).await

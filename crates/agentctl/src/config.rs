@@ -117,7 +117,14 @@ impl Settings {
             server,
             namespace,
             namespace_explicit: flags.namespace.is_some(),
-            token: file.token.filter(|t| !t.is_empty()).map(Token),
+            token: flags
+                .token
+                .clone()
+                .or_else(|| env.var("AGENTCTL_TOKEN"))
+                .or(file.token)
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+                .map(Token),
         })
     }
 }
@@ -135,6 +142,37 @@ pub fn config_path(flags: &ClientArgs, env: &dyn Env) -> Option<PathBuf> {
         return Some(PathBuf::from(x).join("agentctl").join("config.toml"));
     }
     env.var("HOME").map(|h| PathBuf::from(h).join(".config").join("agentctl").join("config.toml"))
+}
+
+/// Set `token` in the client config file at `path` (creating it, mode 0600), keeping its other
+/// settings. Used by `agentctl server --dev`.
+pub fn write_token(path: &Path, token: &str) -> Result<(), CliError> {
+    let err = |e: String| CliError::Other(format!("cannot write the client config {}: {e}", path.display()));
+    let mut table: toml::Table = match std::fs::read_to_string(path) {
+        Ok(text) => toml::from_str(&text).map_err(|e| err(e.to_string()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => toml::Table::new(),
+        Err(e) => return Err(err(e.to_string())),
+    };
+    table.insert("token".into(), toml::Value::String(token.to_string()));
+    let text = toml::to_string(&table).map_err(|e| err(e.to_string()))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    use std::io::Write;
+    let mut f = opts.open(path).map_err(|e| err(e.to_string()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(|e| err(e.to_string()))?;
+    }
+    f.write_all(text.as_bytes()).map_err(|e| err(e.to_string()))
 }
 
 #[cfg(test)]
@@ -158,13 +196,21 @@ mod tests {
         assert_eq!(s.token.as_ref().map(Token::expose), Some("s3cret"));
         assert!(!format!("{s:?}").contains("s3cret"));
 
-        let e = env(&[("AGENTCTL_SERVER", "http://env:2"), ("AGENTCTL_NAMESPACE", "envns")]);
+        let e =
+            env(&[("AGENTCTL_SERVER", "http://env:2"), ("AGENTCTL_NAMESPACE", "envns"), ("AGENTCTL_TOKEN", "envtok")]);
         let s = Settings::resolve(&flags, &e).unwrap();
         assert_eq!((s.server.as_str(), s.namespace.as_str()), ("http://env:2", "envns"));
+        assert_eq!(s.token.as_ref().map(Token::expose), Some("envtok"));
 
-        let flags = ClientArgs { server: Some("http://flag:3".into()), namespace: Some("flagns".into()), ..flags };
+        let flags = ClientArgs {
+            server: Some("http://flag:3".into()),
+            namespace: Some("flagns".into()),
+            token: Some("flagtok".into()),
+            ..flags
+        };
         let s = Settings::resolve(&flags, &e).unwrap();
         assert_eq!((s.server.as_str(), s.namespace.as_str()), ("http://flag:3", "flagns"));
+        assert_eq!(s.token.as_ref().map(Token::expose), Some("flagtok"));
         assert!(s.namespace_explicit);
     }
 

@@ -24,6 +24,10 @@ pub enum Exit {
     RunCancelled = 10,
     /// `run wait --timeout` (or `run submit --wait --wait-timeout`) passed before the run ended.
     WaitTimedOut = 11,
+    /// 401: no token, or an unknown, expired or revoked one.
+    Unauthenticated = 12,
+    /// 403: the token's role does not allow the call.
+    Forbidden = 13,
 }
 
 impl Exit {
@@ -113,7 +117,11 @@ impl ApiError {
             "AlreadyExists" | "Conflict" => Exit::Conflict,
             "ValidationFailed" | "InvalidRequest" | "PayloadTooLarge" | "UnsupportedMediaType" => Exit::Invalid,
             "Internal" | "Unavailable" => Exit::Server,
+            "Unauthorized" => Exit::Unauthenticated,
+            "Forbidden" => Exit::Forbidden,
             _ => match self.status {
+                401 => Exit::Unauthenticated,
+                403 => Exit::Forbidden,
                 404 => Exit::NotFound,
                 409 => Exit::Conflict,
                 400 | 413 | 415 | 422 => Exit::Invalid,
@@ -136,6 +144,12 @@ impl ApiError {
         line.push_str(&self.message);
         if !self.code.is_empty() && self.exit() != Exit::NotFound {
             line.push_str(&format!(" ({})", self.code));
+        }
+        if self.exit() == Exit::Unauthenticated && !self.message.contains("--token") {
+            line.push_str(
+                "; give a token with --token, AGENTCTL_TOKEN or `token` in the config file \
+                 (the server's bootstrap admin token is in <data_dir>/admin-token)",
+            );
         }
         vec![line]
     }
@@ -237,7 +251,9 @@ mod tests {
         assert_eq!(e(500, "Internal"), Exit::Server);
         assert_eq!(e(503, "Unavailable"), Exit::Server);
         assert_eq!(e(410, "Gone"), Exit::Other);
-        assert_eq!(e(403, "Forbidden"), Exit::Other);
+        assert_eq!(e(403, "Forbidden"), Exit::Forbidden);
+        assert_eq!(e(401, "Unauthorized"), Exit::Unauthenticated);
+        assert_eq!(e(429, "RateLimited"), Exit::Other);
     }
 
     #[test]

@@ -12,12 +12,13 @@ mod ledger;
 mod manifest;
 mod output;
 mod run;
+mod token;
 
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 
-use crate::cli::{Cli, ClientArgs, Command, LedgerCommand, OutputFormat, RunCommand};
+use crate::cli::{Cli, ClientArgs, Command, LedgerCommand, OutputFormat, RunCommand, TokenCommand};
 use crate::commands::Ctx;
 use crate::config::{ProcessEnv, Settings};
 use crate::error::{CliError, Exit};
@@ -86,6 +87,11 @@ fn main() -> ExitCode {
                 LedgerCommand::PublicKey(_) => client(flags, |ctx| Box::pin(ledger::public_key(ctx))),
             }
         }
+        Command::Token(t) => match t.command {
+            TokenCommand::Create(a) => client(top.merged(&a.client), |ctx| Box::pin(token::create(ctx, a))),
+            TokenCommand::List(a) => client(top.merged(&a.client), |ctx| Box::pin(token::list(ctx))),
+            TokenCommand::Revoke(a) => client(top.merged(&a.client), |ctx| Box::pin(token::revoke(ctx, a))),
+        },
         Command::Version(a) => client(top.merged(&a.client), |ctx| Box::pin(commands::version(ctx))),
     };
     match result {
@@ -122,8 +128,30 @@ fn run_server(args: agentplane_server::ServerArgs) -> Result<Exit, CliError> {
         .enable_all()
         .build()
         .map_err(|e| CliError::Other(format!("cannot start the async runtime: {e}")))?;
-    rt.block_on(agentplane_server::run(args)).map_err(|e| CliError::Other(format!("server: {e}")))?;
+    rt.block_on(agentplane_server::run_with(args, dev_client_config))
+        .map_err(|e| CliError::Other(format!("server: {e}")))?;
     Ok(Exit::Ok)
+}
+
+/// `server --dev`: put the bootstrap admin token into the CLI config file, so that the client
+/// commands of the tour work without a flag. Logs the file's path, never the token.
+fn dev_client_config(config: &agentplane_server::Config) {
+    if !config.dev {
+        return;
+    }
+    let token_file = config.data_dir.join(agentplane_server::auth::tokens::ADMIN_TOKEN_FILE);
+    let Ok(token) = std::fs::read_to_string(&token_file) else {
+        tracing::warn!(file = %token_file.display(), "--dev: no admin token file; the CLI config was not updated");
+        return;
+    };
+    let Some(path) = config::config_path(&ClientArgs::default(), &ProcessEnv) else {
+        tracing::warn!("--dev: no CLI config path (set AGENTCTL_CONFIG or HOME); the CLI config was not updated");
+        return;
+    };
+    match config::write_token(&path, token.trim()) {
+        Ok(()) => tracing::info!(file = %path.display(), "--dev: wrote the admin token into the CLI config"),
+        Err(e) => tracing::warn!(error = %e, "--dev: cannot update the CLI config"),
+    }
 }
 
 fn completion(shell: clap_complete::Shell, printer: &Printer) -> Result<Exit, CliError> {

@@ -336,14 +336,71 @@ fn the_config_file_is_strict_and_used() {
     assert!(out.stderr.contains(&config.display().to_string()), "{}", out.stderr);
     assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
 
-    std::fs::write(&config, format!("server = \"{}\"\nnamespace = \"from-config\"\ntoken = \"t0ken\"\n", s.url))
+    std::fs::write(&config, format!("server = \"{}\"\nnamespace = \"from-config\"\ntoken = \"{}\"\n", s.url, s.token))
         .expect("write");
     let mut cmd = agentctl(&config);
     cmd.args(["apply", "-f", "-", "-o", "json"]);
     let out = run(cmd, Some(&doc("AgentProvider", "p", PROVIDER)));
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(json(&out.stdout)["metadata"]["namespace"], "from-config");
-    assert!(!out.stdout.contains("t0ken") && !out.stderr.contains("t0ken"));
+    assert!(!out.stdout.contains(&s.token) && !out.stderr.contains(&s.token));
+
+    // A wrong token (the environment overrides the file): exit 12, one line, never echoed.
+    let mut cmd = agentctl(&config);
+    cmd.env("AGENTCTL_TOKEN", "apt_wrongwrongwrongwrongwrongwrongwrongwrongwro");
+    cmd.args(["get", "agentproviders"]);
+    let out = run(cmd, None);
+    assert_eq!(out.code, 12, "{out:?}");
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    assert!(!out.stderr.contains("wrongwrong"), "{}", out.stderr);
+    // No token at all.
+    std::fs::write(&config, format!("server = \"{}\"\n", s.url)).expect("write");
+    let mut cmd = agentctl(&config);
+    cmd.args(["get", "agentproviders"]);
+    let out = run(cmd, None);
+    assert_eq!(out.code, 12, "{out:?}");
+    assert!(out.stderr.contains("--token"), "{}", out.stderr);
+}
+
+#[test]
+fn token_commands_create_list_revoke_and_roles_are_enforced() {
+    let s = TestServer::start();
+    let out =
+        s.ctl(&["token", "create", "--name", "ci", "--role", "viewer", "--namespace", "team-a", "--expires", "30d"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let tok = out.stdout.trim().to_string();
+    assert!(tok.starts_with("apt_") && out.stdout.lines().count() == 1, "{}", out.stdout);
+    assert!(out.stderr.contains("shown only once"), "{}", out.stderr);
+    assert!(out.stderr.contains("in namespace team-a"), "{}", out.stderr);
+
+    let out = s.ctl(&["token", "list"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.starts_with("NAME"), "{}", out.stdout);
+    let ci = out.stdout.lines().find(|l| l.starts_with("ci ")).expect("ci listed");
+    assert!(ci.contains("viewer") && ci.contains("team-a") && ci.contains("active"), "{ci}");
+    assert!(!out.stdout.contains(&tok) && !out.stdout.contains(&s.token));
+
+    // The viewer token: reads in its namespace, 403 (exit 13) for writes and other namespaces.
+    let file = s.write("a.yaml", &doc("AgentProvider", "p", PROVIDER));
+    let out = s.ctl(&["--token", &tok, "get", "agentproviders", "-n", "team-a"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = s.ctl(&["--token", &tok, "apply", "-f", &file, "-n", "team-a"]);
+    assert_eq!(out.code, 13, "{out:?}");
+    assert!(out.stderr.contains("operator or admin"), "{}", out.stderr);
+    let out = s.ctl(&["--token", &tok, "get", "agentproviders", "-n", "team-b"]);
+    assert_eq!(out.code, 13, "{out:?}");
+    let out = s.ctl(&["--token", &tok, "token", "list"]);
+    assert_eq!(out.code, 13, "{out:?}");
+
+    let out = s.ctl(&["token", "revoke", "ci"]);
+    assert_eq!((out.code, out.stdout.as_str()), (0, "token/ci revoked\n"), "{out:?}");
+    let out = s.ctl(&["--token", &tok, "get", "agentproviders", "-n", "team-a"]);
+    assert_eq!(out.code, 12, "revoked: {out:?}");
+    let out = s.ctl(&["token", "revoke", "ci"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("no active token"), "{}", out.stderr);
+    let out = s.ctl(&["token", "create", "--name", "x", "--role", "root"]);
+    assert_eq!(out.code, 5, "{out:?}");
 }
 
 #[test]
@@ -385,4 +442,66 @@ fn a_closed_stdout_exits_quietly() {
     let out = cmd.stdout(writer).stderr(std::process::Stdio::piped()).output().expect("run");
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+}
+
+/// `server --dev` writes its admin token into the CLI config, so the tour's commands work with
+/// no flag; restarting keeps the same token; other settings of the file are kept.
+#[test]
+fn server_dev_writes_the_admin_token_into_the_cli_config() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("cfg").join("agentctl.toml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::write(&config, "namespace = \"default\"\n").unwrap();
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
+    let start = || {
+        let mut cmd = agentctl(&config);
+        cmd.args(["server", "--dev", "--listen", "127.0.0.1:0", "--no-controller", "--log-format", "text"])
+            .arg("--examples-dir")
+            .arg(examples)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn");
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut url = None;
+        let mut log = String::new();
+        for line in stderr.lines() {
+            let line = line.unwrap();
+            log.push_str(&line);
+            log.push('\n');
+            if let Some(i) = line.find("listening on http://") {
+                let rest = &line[i + "listening on ".len()..];
+                url = Some(rest.split_whitespace().next().unwrap().to_string());
+            }
+            if line.contains("wrote the admin token into the CLI config") {
+                break;
+            }
+        }
+        (child, url.unwrap_or_else(|| panic!("no url in:\n{log}")), log)
+    };
+    let (mut child, url, log) = start();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let token = std::fs::read_to_string(dir.path().join("data").join("admin-token")).unwrap();
+    assert!(text.contains(&format!("token = \"{}\"", token.trim())), "{text}");
+    assert!(text.contains("namespace = \"default\""), "{text}");
+    assert!(!log.contains(token.trim()), "the token is never logged");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&config).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let mut cmd = agentctl(&config);
+    cmd.args(["--server", &url, "get", "agents", "-o", "name"]);
+    let out = run(cmd, None);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(!out.stdout.is_empty(), "the examples are loaded");
+    let _ = child.kill();
+    let _ = child.wait();
+    let (mut child, _, _) = start();
+    assert_eq!(std::fs::read_to_string(dir.path().join("data").join("admin-token")).unwrap(), token, "reused");
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -33,7 +33,8 @@ fn json(out: &str) -> Value {
 }
 
 /// Applies a provider and two agents in `default` and one agent in `team-a`: four
-/// `resource.created` entries (seq 1 to 4).
+/// `resource.created` entries (seq 2 to 5; seq 1 is the server's `token.created` for its
+/// bootstrap admin token).
 fn apply_four(s: &TestServer) {
     let f = s.write(
         "objects.yaml",
@@ -71,7 +72,7 @@ fn query_filters_by_action_target_namespace_time_and_limit() {
     let created = entries(&s, &["--action", "resource.created"]);
     assert_eq!(target_names(&created), ["shell", "coder", "reviewer", "tester"]);
     let seqs: Vec<u64> = created.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-    assert_eq!(seqs, [1, 2, 3, 4]);
+    assert_eq!(seqs, [2, 3, 4, 5]);
     assert_eq!(created[1]["target"]["kind"], "Agent");
     assert_eq!(created[1]["target"]["namespace"], "default");
 
@@ -82,22 +83,25 @@ fn query_filters_by_action_target_namespace_time_and_limit() {
 
     // -n filters; without it, every namespace.
     assert_eq!(target_names(&entries(&s, &["-n", "team-a"])), ["tester"]);
-    assert_eq!(entries(&s, &[]).len(), 4);
-    assert_eq!(entries(&s, &["--actor", "user:anonymous", "--outcome", "success"]).len(), 4);
+    assert_eq!(entries(&s, &[]).len(), 5, "with the bootstrap token's entry");
+    assert_eq!(entries(&s, &["--actor", "user:bootstrap-admin", "--outcome", "success"]).len(), 4);
     assert!(entries(&s, &["--actor", "user:mallory"]).is_empty());
     assert!(entries(&s, &["--action", "resource.deleted"]).is_empty());
 
     // Relative and absolute times.
-    assert_eq!(entries(&s, &["--since", "1h"]).len(), 4);
+    assert_eq!(entries(&s, &["--since", "1h"]).len(), 5);
     assert!(entries(&s, &["--until", "1h"]).is_empty());
     assert!(entries(&s, &["--since", "2000-01-01T00:00:00Z", "--until", "2000-01-02T00:00:00Z"]).is_empty());
 
     // Pages are followed to the end; --limit stops early and keeps the token.
-    assert_eq!(target_names(&entries(&s, &["--chunk-size", "1"])), ["shell", "coder", "reviewer", "tester"]);
+    assert_eq!(
+        target_names(&entries(&s, &["--chunk-size", "1"])),
+        ["bootstrap-admin", "shell", "coder", "reviewer", "tester"]
+    );
     let out = s.ctl(&["ledger", "query", "--limit", "3", "--chunk-size", "2", "-o", "json"]);
     assert_eq!(out.code, 0, "{out:?}");
     let page = json(&out.stdout);
-    assert_eq!(target_names(page["entries"].as_array().unwrap()), ["shell", "coder", "reviewer"]);
+    assert_eq!(target_names(page["entries"].as_array().unwrap()), ["bootstrap-admin", "shell", "coder"]);
     assert_eq!(page["continue"], "3");
     let out = s.ctl(&["ledger", "query", "--limit", "10", "-o", "json"]);
     assert!(json(&out.stdout).get("continue").is_none(), "{}", out.stdout);
@@ -114,9 +118,9 @@ fn query_table_output_and_errors() {
     let header: Vec<&str> = lines[0].split_whitespace().collect();
     assert_eq!(header, ["SEQ", "TIME", "ACTOR", "ACTION", "TARGET", "OUTCOME"]);
     let row: Vec<&str> = lines[1].split_whitespace().collect();
-    assert_eq!(row[0], "2");
+    assert_eq!(row[0], "3");
     assert!(row[1].ends_with('Z') && row[1].len() == "2026-11-26T06:00:00Z".len(), "{row:?}");
-    assert_eq!(&row[2..], ["user:anonymous", "resource.created", "agent/default/coder", "success"]);
+    assert_eq!(&row[2..], ["user:bootstrap-admin", "resource.created", "agent/default/coder", "success"]);
 
     let out = s.ctl(&["ledger", "query", "--action", "nothing.such"]);
     assert_eq!((out.code, out.stdout.as_str(), out.stderr.as_str()), (0, "", "No ledger entries found.\n"));
@@ -145,7 +149,7 @@ fn export_jsonl_and_csv_have_one_line_per_entry() {
     let lines: Vec<Value> = out.stdout.lines().map(json).collect();
     assert_eq!(lines[0]["type"], "header", "{}", out.stdout);
     let entry_lines = lines.iter().filter(|l| is_entry_line(l)).count();
-    assert_eq!(entry_lines, 4, "{}", out.stdout);
+    assert_eq!(entry_lines, 5, "{}", out.stdout);
     assert!(lines.len() == entry_lines + 1 + checkpoint_lines(&out.stdout), "{}", out.stdout);
 
     // The same to a file.
@@ -153,15 +157,15 @@ fn export_jsonl_and_csv_have_one_line_per_entry() {
     assert_eq!((out.code, out.stdout.as_str()), (0, ""), "{out:?}");
     assert!(out.stderr.contains("ledger exported to ledger.jsonl"), "{}", out.stderr);
     let file = std::fs::read_to_string(s.dir.path().join("ledger.jsonl")).unwrap();
-    assert_eq!(export_lines(&file).filter(|l| is_entry_line(&json(l))).count(), 4);
+    assert_eq!(export_lines(&file).filter(|l| is_entry_line(&json(l))).count(), 5);
     assert!(!s.dir.path().join("ledger.jsonl.partial").exists());
 
     let out = s.ctl(&["ledger", "export", "--format", "csv"]);
     assert_eq!(out.code, 0, "{out:?}");
     let rows: Vec<&str> = out.stdout.lines().collect();
-    assert_eq!(rows.len(), 1 + 4, "one header row and one row per entry, no blank rows:\n{:?}", out.stdout);
+    assert_eq!(rows.len(), 1 + 5, "one header row and one row per entry, no blank rows:\n{:?}", out.stdout);
     assert!(rows[0].starts_with("seq,"), "csv header: {}", rows[0]);
-    assert!(rows[2].starts_with("2,") && rows[2].contains("coder"), "{}", rows[2]);
+    assert!(rows[3].starts_with("3,") && rows[3].contains("coder"), "{}", rows[3]);
 
     let out = s.ctl(&["ledger", "export", "--format", "xml"]);
     assert_eq!(out.code, 2, "{out:?}");
@@ -173,26 +177,27 @@ fn verify_online_says_intact_with_counts() {
     apply_four(&s);
     let out = s.ctl(&["ledger", "verify"]);
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(out.stdout.starts_with("ledger intact: 4 entries (seq 1–4)"), "{}", out.stdout);
+    assert!(out.stdout.starts_with("ledger intact: 5 entries (seq 1–5)"), "{}", out.stdout);
 
     let out = s.ctl(&["ledger", "verify", "-o", "json"]);
     assert_eq!(out.code, 0, "{out:?}");
     let report = json(&out.stdout);
     assert_eq!(report["intact"], true, "{report}");
-    assert_eq!(report["entriesChecked"], 4, "{report}");
-    assert_eq!(report["lastSeq"], 4, "{report}");
+    assert_eq!(report["entriesChecked"], 5, "{report}");
+    assert_eq!(report["lastSeq"], 5, "{report}");
 
     let out = s.ctl(&["ledger", "verify", "--from", "3", "-o", "json"]);
     assert_eq!(out.code, 0, "{out:?}");
-    assert_eq!(json(&out.stdout)["entriesChecked"], 2, "{}", out.stdout);
+    assert_eq!(json(&out.stdout)["entriesChecked"], 3, "{}", out.stdout);
 }
 
 #[test]
-fn verify_of_an_empty_ledger_is_intact() {
+fn verify_of_a_fresh_ledger_is_intact() {
+    // A fresh server's ledger holds one entry: the bootstrap admin token's creation.
     let s = quiet_server();
     let out = s.ctl(&["ledger", "verify"]);
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(out.stdout.starts_with("ledger intact: 0 entries"), "{}", out.stdout);
+    assert!(out.stdout.starts_with("ledger intact: 1 entry (seq 1–1)"), "{}", out.stdout);
 }
 
 /// Exports the ledger to `name` in the server's directory and returns its text.
@@ -228,7 +233,7 @@ fn verify_offline_on_an_export_needs_no_server() {
 
     let out = at(&["ledger", "verify", "--export-file", "ledger.jsonl"]);
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(out.stdout.starts_with("ledger intact: 4 entries (seq 1–4)"), "{}", out.stdout);
+    assert!(out.stdout.starts_with("ledger intact: 5 entries (seq 1–5)"), "{}", out.stdout);
     assert!(out.stderr.contains("not pinned"), "unpinned key warning: {}", out.stderr);
 
     for pinned in [key.as_str(), b64.as_str()] {
@@ -251,11 +256,11 @@ fn verify_offline_names_the_seq_of_an_edited_entry() {
     let s = quiet_server();
     apply_four(&s);
     let text = export_to(&s, "ledger.jsonl");
-    // Change one character inside the line of entry 3 (the target's name).
+    // Change one character inside the line of entry 4 (the target's name).
     let edited: Vec<String> = export_lines(&text)
         .map(|l| {
             let v = json(l);
-            if is_entry_line(&v) && v["seq"] == 3 {
+            if is_entry_line(&v) && v["seq"] == 4 {
                 assert!(l.contains("\"reviewer\""), "{l}");
                 l.replacen("\"reviewer\"", "\"reviewes\"", 1)
             } else {
@@ -268,13 +273,13 @@ fn verify_offline_names_the_seq_of_an_edited_entry() {
     let out = s.ctl(&["ledger", "verify", "--export-file", &bad, "--public-key", &key]);
     assert_eq!(out.code, 8, "{out:?}");
     assert_eq!(out.stdout, "");
-    assert!(out.stderr.starts_with("ledger verification FAILED at seq 3: "), "{}", out.stderr);
+    assert!(out.stderr.starts_with("ledger verification FAILED at seq 4: "), "{}", out.stderr);
 
     let out = s.ctl(&["ledger", "verify", "--export-file", &bad, "--public-key", &key, "-o", "json"]);
     assert_eq!(out.code, 8, "{out:?}");
     let report = json(&out.stdout);
     assert_eq!(report["intact"], false, "{report}");
-    assert_eq!(report["problem"]["seq"], 3, "{report}");
+    assert_eq!(report["problem"]["seq"], 4, "{report}");
 
     // A deleted line is caught too.
     let deleted: Vec<&str> =
@@ -289,21 +294,21 @@ fn verify_offline_names_the_seq_of_an_edited_entry() {
 fn verify_with_the_wrong_key_fails_on_the_checkpoint_signature() {
     let s = checkpointing_server();
     apply_four(&s);
-    // Checkpoints are signed in the background: poll the export until one covers entry 4.
+    // Checkpoints are signed in the background: poll the export until one covers entry 5.
     let deadline = Instant::now() + DEADLINE;
     let text = loop {
         let text = export_to(&s, "ledger.jsonl");
-        if export_lines(&text).map(json).any(|l| is_checkpoint_line(&l) && l["seq"] == 4) {
+        if export_lines(&text).map(json).any(|l| is_checkpoint_line(&l) && l["seq"] == 5) {
             break text;
         }
-        assert!(Instant::now() < deadline, "no checkpoint at seq 4 in time; export:\n{text}");
+        assert!(Instant::now() < deadline, "no checkpoint at seq 5 in time; export:\n{text}");
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(checkpoint_lines(&text) >= 1);
 
     let out = s.ctl(&["ledger", "verify", "--export-file", "ledger.jsonl", "--public-key", &pin_key(&s)]);
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(out.stdout.contains("last checkpoint seq 4"), "{}", out.stdout);
+    assert!(out.stdout.contains("last checkpoint seq 5"), "{}", out.stdout);
 
     // RFC 8032's first test key: a valid ed25519 key, not the server's.
     let other = "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
@@ -385,15 +390,16 @@ fn many_entries_stream_through_verify_and_page_through_query() {
     // The export (~200 KB) arrives in many HTTP chunks that split lines; the verifier sees them all.
     let out = s.ctl(&["ledger", "verify", "-o", "json"]);
     assert_eq!(out.code, 0, "{out:?}");
-    assert_eq!(json(&out.stdout)["entriesChecked"], n, "{}", out.stdout);
+    // n writes after the bootstrap token's entry.
+    assert_eq!(json(&out.stdout)["entriesChecked"], n + 1, "{}", out.stdout);
     let text = export_to(&s, "many.jsonl");
     assert!(text.len() > 100_000, "export is {} bytes", text.len());
     let out = s.ctl(&["ledger", "verify", "--export-file", "many.jsonl", "--public-key", &pin_key(&s)]);
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(out.stdout.starts_with(&format!("ledger intact: {n} entries (seq 1–{n})")), "{}", out.stdout);
+    assert!(out.stdout.starts_with(&format!("ledger intact: {} entries (seq 1–{})", n + 1, n + 1)), "{}", out.stdout);
 
     let all = entries(&s, &["--chunk-size", "70"]);
     let seqs: Vec<u64> = all.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-    assert_eq!(seqs, (1..=n).collect::<Vec<u64>>());
+    assert_eq!(seqs, (1..=n + 1).collect::<Vec<u64>>());
     assert_eq!(entries(&s, &["--limit", "150", "--chunk-size", "70"]).len(), 150);
 }

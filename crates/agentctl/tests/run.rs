@@ -232,7 +232,7 @@ fn cancel_a_pending_run_a_finished_one_and_a_missing_one() {
     let out = s.ctl(&["run", "wait", "r1"]);
     assert_eq!(
         (out.code, out.stdout.as_str()),
-        (10, "agentrun/r1 Cancelled (Cancelled: cancelled by user:anonymous)\n"),
+        (10, "agentrun/r1 Cancelled (Cancelled: cancelled by user:bootstrap-admin)\n"),
         "{out:?}"
     );
 }
@@ -254,7 +254,7 @@ fn cancel_a_running_run() {
     );
     let out = s.ctl(&["run", "get", "long", "-o", "json"]);
     let run = json(&out.stdout);
-    assert_eq!(run["status"]["cancelRequestedBy"], "user:anonymous", "{run}");
+    assert_eq!(run["status"]["cancelRequestedBy"], "user:bootstrap-admin", "{run}");
 }
 
 #[test]
@@ -410,7 +410,7 @@ fn describe_agentrun_shows_its_events() {
     assert_eq!(rows[0][..5], ["TYPE", "REASON", "AGE", "FROM", "MESSAGE"], "{events}");
     let types: Vec<&str> = rows[1..].iter().map(|r| r[0]).collect();
     assert_eq!(types, ["Submitted", "Started", "Succeeded"], "{events}");
-    assert_eq!(rows[1][3], "user:anonymous", "{events}");
+    assert_eq!(rows[1][3], "user:bootstrap-admin", "{events}");
 
     // A run that has not started has one event; an agent has no Events section.
     let s2 = TestServer::start_with(&["--no-controller"]);

@@ -179,9 +179,11 @@ async fn phase(opts: &E2eOpts, rate: Option<f64>, dir: &std::path::Path) -> Resu
     config.controller.namespace_max_in_flight = opts.cap;
     config.controller.cluster_max_in_flight = opts.cap;
     let tick_millis = config.controller.tick_millis;
+    config.auth.rate_limit_per_second = 0;
+    let data_dir = config.data_dir.clone();
     let server = agentplane_server::start(config).await.context("starting the server")?;
     let base = format!("http://{}/api/v1/namespaces/{NS}", server.addr);
-    let client = reqwest::Client::builder().pool_max_idle_per_host(opts.clients + 2).build()?;
+    let client = crate::authed_client(&data_dir, opts.clients + 2)?;
     create_fixtures(&client, &base, &opts.binary, Some(opts.cap)).await?;
 
     let bodies: Arc<Vec<Vec<u8>>> = Arc::new(

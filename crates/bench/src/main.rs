@@ -11,12 +11,17 @@
 //! cargo run --release --locked -p agentplane-bench -- ledger-append --entries 200000 --batch 100
 //! cargo run --release --locked -p agentplane-bench -- ledger-verify --entries 1000000
 //! cargo run --release --locked -p agentplane-bench -- ledger-query  --entries 1000000
+//! cargo run --release --locked -p agentplane-bench -- jwt-verify    --ops 20000
 //! ```
+//!
+//! The API scenarios authenticate with the server's bootstrap admin token (read from
+//! `<data_dir>/admin-token`) and run with the per-token rate limit off.
 
 #![allow(clippy::print_stdout)]
 
 mod backlog;
 mod e2e;
+mod jwt;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -60,6 +65,9 @@ enum Scenario {
     LedgerVerify(LedgerOpts),
     /// Query one run's entries among `--entries` entries (p50/p95/p99 over 1,000 queries).
     LedgerQuery(LedgerOpts),
+    /// OIDC JWT verification (RS256 and ES256): the signature check of a token seen for the first
+    /// time, and a token seen before (verified-token cache); no HTTP.
+    JwtVerify(jwt::JwtOpts),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -419,9 +427,11 @@ async fn api_create(opts: Opts, scenario: &str) -> Result<()> {
             "full" => agentplane_server::config::SyncMode::Full,
             other => bail!("--synchronous {other:?}: use normal or full"),
         };
+        config.auth.rate_limit_per_second = 0;
+        let data_dir = config.data_dir.clone();
         let server = agentplane_server::start(config).await.context("starting the server")?;
         let url = format!("http://{}/api/v1/namespaces/bench/agentruns", server.addr);
-        let client = reqwest::Client::builder().pool_max_idle_per_host(c).build()?;
+        let client = authed_client(&data_dir, c)?;
         let base = format!("http://{}/api/v1/namespaces/bench", server.addr);
         create_fixtures(&client, &base, "/bin/true", None).await?;
         // Bodies are serialised before the clock starts: the client's work is not the server's.
@@ -468,6 +478,17 @@ async fn submit(o: SubmitOpts) -> Result<()> {
     api_create(opts, "submit").await
 }
 
+/// An HTTP client that sends the server's bootstrap admin token (`<data_dir>/admin-token`).
+fn authed_client(data_dir: &std::path::Path, pool: usize) -> Result<reqwest::Client> {
+    let file = data_dir.join("admin-token");
+    let token = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))?;
+    value.set_sensitive(true);
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    Ok(reqwest::Client::builder().pool_max_idle_per_host(pool).default_headers(headers).build()?)
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -481,6 +502,7 @@ fn main() -> Result<()> {
             Scenario::LedgerAppend(o) => ledger_append(o).await,
             Scenario::LedgerVerify(o) => ledger_verify(o),
             Scenario::LedgerQuery(o) => ledger_query(o).await,
+            Scenario::JwtVerify(o) => jwt::run(o).await,
         }
     })
 }

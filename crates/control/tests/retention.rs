@@ -513,6 +513,27 @@ impl Store for RacingStore {
     async fn update(&self, obj: Value, pre: Precondition, audit: EntryDraft) -> Result<Value, StoreError> {
         self.inner.update(obj, pre, audit).await
     }
+    async fn create_token(
+        &self,
+        t: agentplane_store::ApiToken,
+        audit: EntryDraft,
+    ) -> Result<agentplane_store::ApiToken, StoreError> {
+        self.inner.create_token(t, audit).await
+    }
+    async fn list_tokens(&self) -> Result<Vec<agentplane_store::ApiToken>, StoreError> {
+        self.inner.list_tokens().await
+    }
+    async fn get_token_by_hash(&self, hash: &str) -> Result<Option<agentplane_store::ApiToken>, StoreError> {
+        self.inner.get_token_by_hash(hash).await
+    }
+    async fn revoke_token(
+        &self,
+        id: &str,
+        at: chrono::DateTime<chrono::Utc>,
+        audit: EntryDraft,
+    ) -> Result<agentplane_store::ApiToken, StoreError> {
+        self.inner.revoke_token(id, at, audit).await
+    }
     async fn delete(&self, key: &ObjectKey, pre: Precondition, audit: EntryDraft) -> Result<Value, StoreError> {
         self.inner.delete(key, pre, audit).await
     }

@@ -64,10 +64,13 @@ pub const ELEVATION_GRANTED: &str = "elevation.granted";
 /// system).
 pub const ELEVATION_EXPIRED: &str = "elevation.expired";
 
-/// An API token was created (never the token itself: its id and scopes only). Recorded by the
-/// token handler.
+/// An API token was created (never the token itself nor its hash: its id, role, namespace and
+/// expiry in `params`, target `Token/<name>`). Recorded by the token handler (actor: the admin)
+/// and by the server's bootstrap on first start (actor `system:bootstrap`), in the same
+/// transaction as the token record.
 pub const TOKEN_CREATED: &str = "token.created";
-/// An API token was revoked. Recorded by the token handler.
+/// An API token was revoked (`params.id`, target `Token/<name>`). Recorded by the token handler,
+/// actor = the admin, in the same transaction as the revocation.
 pub const TOKEN_REVOKED: &str = "token.revoked";
 
 /// A request failed authentication (bad or expired token, bad signature). Recorded by the auth

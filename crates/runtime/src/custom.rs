@@ -25,6 +25,10 @@ struct SubmitRequest<'a> {
     #[serde(flatten)]
     spec: &'a RunSpec,
     secrets: BTreeMap<&'a str, &'a str>,
+    /// The run-scoped API token (`AGENTPLANE_TOKEN` for the agent), when the control plane
+    /// minted one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<&'a str>,
     idempotency_key: String,
 }
 
@@ -157,6 +161,7 @@ impl RuntimeAdapter for CustomAdapter {
         let body = SubmitRequest {
             spec,
             secrets: spec.secrets.iter().map(|(k, v)| (k.as_str(), v.expose())).collect(),
+            token: spec.token.as_ref().map(|t| t.expose()),
             idempotency_key: format!("{}/{}", spec.run.uid, spec.attempt),
         };
         let (status, resp) = self.call(Method::POST, self.url(&["runs"]), Some(&body)).await?;

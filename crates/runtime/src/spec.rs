@@ -107,6 +107,10 @@ pub struct RunSpec {
     pub workspace: Option<WorkspaceSpec>,
     #[serde(default)]
     pub gateway_url: Option<String>,
+    /// The run-scoped API token handed to the agent as `AGENTPLANE_TOKEN`: it lets the agent
+    /// read its own run (and reach the gateway) until the run ends. Never serialised.
+    #[serde(skip)]
+    pub token: Option<SecretValue>,
     /// The secret values this run may receive, by secret name (`name`, or `name/key` for a
     /// `secretKeyRef` with a key). Only what the Agent allows; never serialised.
     #[serde(skip)]
@@ -144,6 +148,7 @@ impl RunSpec {
             memory: None,
             workspace: None,
             gateway_url: None,
+            token: None,
             secrets: BTreeMap::new(),
             timeout_seconds: None,
             log_cap_bytes: DEFAULT_LOG_CAP_BYTES,

@@ -195,6 +195,71 @@ pub struct SecretsConfig {
     pub dir: Option<PathBuf>,
 }
 
+/// Authentication and abuse limits (`[auth]` in the file). There is no switch to turn
+/// authentication off: every API call but `/healthz`, `/readyz`, `/api/openapi.json` (and
+/// `/metrics` with `metrics_public`) needs a bearer token. See docs/rbac.md.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Serve `/metrics` without a token.
+    pub metrics_public: bool,
+    /// Requests per second each token (or OIDC subject, or run) may make; 0 turns the limit off.
+    pub rate_limit_per_second: u32,
+    /// Requests a token may make at once before the per-second rate applies.
+    pub rate_limit_burst: u32,
+    /// How long a verified API token is trusted without reading the store again (seconds). A
+    /// revoke through this server takes effect at once; through another replica, within this.
+    pub token_cache_seconds: u64,
+    /// OIDC / JWT bearer tokens; off when absent.
+    pub oidc: Option<OidcConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            metrics_public: false,
+            rate_limit_per_second: 50,
+            rate_limit_burst: 200,
+            token_cache_seconds: 10,
+            oidc: None,
+        }
+    }
+}
+
+/// OIDC settings (`[auth.oidc]` in the file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OidcConfig {
+    /// The `iss` every token must carry; discovery reads `<issuer>/.well-known/openid-configuration`.
+    pub issuer: String,
+    /// The `aud` every token must carry.
+    pub audience: String,
+    /// Where the signing keys are; discovered from the issuer when absent.
+    pub jwks_url: Option<String>,
+    /// The claim holding the roles (`admin`, `team-a:submitter`, …).
+    pub roles_claim: String,
+    /// Accepted signature algorithms; only RS*, PS* and ES* are allowed (never none or HS*).
+    pub algorithms: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf` (seconds).
+    pub leeway_seconds: u64,
+    /// An unknown key id refetches the JWKS at most this often (seconds).
+    pub jwks_refetch_min_seconds: u64,
+}
+
+impl Default for OidcConfig {
+    fn default() -> Self {
+        OidcConfig {
+            issuer: String::new(),
+            audience: String::new(),
+            jwks_url: None,
+            roles_claim: "roles".into(),
+            algorithms: vec!["RS256".into(), "ES256".into()],
+            leeway_seconds: 30,
+            jwks_refetch_min_seconds: 30,
+        }
+    }
+}
+
 /// The effective configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -214,6 +279,7 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub secrets: SecretsConfig,
     pub governance: GovernanceConfig,
+    pub auth: AuthConfig,
     /// Benchmarks only: do not record writes in the ledger (never settable from a file, the
     /// environment or a flag).
     #[serde(skip)]
@@ -237,6 +303,7 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             secrets: SecretsConfig::default(),
             governance: GovernanceConfig::default(),
+            auth: AuthConfig::default(),
             bench_disable_ledger: false,
         }
     }
@@ -274,6 +341,12 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("AGENTPLANE_RETENTION_RUNS_DAYS", "retention.runs_days"),
     ("AGENTPLANE_RETENTION_LOGS_DAYS", "retention.logs_days"),
     ("AGENTPLANE_SECRETS_DIR", "secrets.dir"),
+    ("AGENTPLANE_AUTH_METRICS_PUBLIC", "auth.metrics_public"),
+    ("AGENTPLANE_AUTH_RATE_LIMIT_PER_SECOND", "auth.rate_limit_per_second"),
+    ("AGENTPLANE_AUTH_RATE_LIMIT_BURST", "auth.rate_limit_burst"),
+    ("AGENTPLANE_AUTH_OIDC_ISSUER", "auth.oidc.issuer"),
+    ("AGENTPLANE_AUTH_OIDC_AUDIENCE", "auth.oidc.audience"),
+    ("AGENTPLANE_AUTH_OIDC_JWKS_URL", "auth.oidc.jwks_url"),
 ];
 
 fn parse<T: std::str::FromStr>(var: &str, v: &str) -> Result<T, ConfigError> {
@@ -342,6 +415,16 @@ impl Config {
                 "AGENTPLANE_RETENTION_RUNS_DAYS" => c.retention.runs_days = parse(var, v)?,
                 "AGENTPLANE_RETENTION_LOGS_DAYS" => c.retention.logs_days = parse(var, v)?,
                 "AGENTPLANE_SECRETS_DIR" => c.secrets.dir = Some(PathBuf::from(v)),
+                "AGENTPLANE_AUTH_METRICS_PUBLIC" => c.auth.metrics_public = parse_bool(var, v)?,
+                "AGENTPLANE_AUTH_RATE_LIMIT_PER_SECOND" => c.auth.rate_limit_per_second = parse(var, v)?,
+                "AGENTPLANE_AUTH_RATE_LIMIT_BURST" => c.auth.rate_limit_burst = parse(var, v)?,
+                "AGENTPLANE_AUTH_OIDC_ISSUER" => c.auth.oidc.get_or_insert_with(OidcConfig::default).issuer = v.clone(),
+                "AGENTPLANE_AUTH_OIDC_AUDIENCE" => {
+                    c.auth.oidc.get_or_insert_with(OidcConfig::default).audience = v.clone()
+                }
+                "AGENTPLANE_AUTH_OIDC_JWKS_URL" => {
+                    c.auth.oidc.get_or_insert_with(OidcConfig::default).jwks_url = Some(v.clone())
+                }
                 _ => {}
             }
         }
@@ -453,6 +536,22 @@ impl Config {
                 self.governance.initial_earned_level
             )));
         }
+        let a = &self.auth;
+        if a.rate_limit_per_second > 0 && a.rate_limit_burst == 0 {
+            return Err(ConfigError("auth.rate_limit_burst must be at least 1 when a rate limit is set".into()));
+        }
+        if let Some(o) = &a.oidc {
+            if o.issuer.is_empty() || o.audience.is_empty() {
+                return Err(ConfigError("auth.oidc needs issuer and audience".into()));
+            }
+            if o.roles_claim.is_empty() || o.jwks_refetch_min_seconds == 0 || o.leeway_seconds > 300 {
+                return Err(ConfigError(
+                    "auth.oidc: roles_claim must be set, jwks_refetch_min_seconds at least 1, leeway_seconds at most 300"
+                        .into(),
+                ));
+            }
+            crate::auth::oidc::parse_algorithms(&o.algorithms).map_err(ConfigError)?;
+        }
         let r = &self.retention;
         if !finite_pos(r.runs_days) || !finite_pos(r.logs_days) || r.sweep_interval_seconds == 0 {
             return Err(ConfigError(format!(
@@ -554,6 +653,31 @@ mod tests {
         std::fs::write(&f, "[controller]\nenabeld = true\n").unwrap();
         let e = Config::load(&ServerArgs { config: Some(f), ..Default::default() }, &env(&[])).unwrap_err().to_string();
         assert!(e.contains("enabeld"), "{e}");
+    }
+
+    #[test]
+    fn auth_section_is_strict_and_refuses_weak_algorithms() {
+        let c = Config::load(&ServerArgs::default(), &env(&[])).unwrap();
+        assert_eq!((c.auth.rate_limit_per_second, c.auth.rate_limit_burst), (50, 200));
+        assert!(c.auth.oidc.is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[auth.oidc]\nissuer = \"https://i\"\naudience = \"a\"\nalgorithms = [\"HS256\"]\n")
+            .unwrap();
+        let args = ServerArgs { config: Some(f.clone()), ..Default::default() };
+        let e = Config::load(&args, &env(&[])).unwrap_err().to_string();
+        assert!(e.contains("HS256"), "{e}");
+        std::fs::write(&f, "[auth.oidc]\nissuer = \"https://i\"\naudience = \"a\"\nalgorithms = [\"none\"]\n").unwrap();
+        assert!(Config::load(&args, &env(&[])).is_err());
+        std::fs::write(&f, "[auth]\nenabled = false\n").unwrap();
+        let e = Config::load(&args, &env(&[])).unwrap_err().to_string();
+        assert!(e.contains("enabled"), "{e}");
+        std::fs::write(&f, "[auth.oidc]\nissuer = \"https://i\"\naudience = \"a\"\n").unwrap();
+        let c = Config::load(&args, &env(&[("AGENTPLANE_AUTH_RATE_LIMIT_PER_SECOND", "0")])).unwrap();
+        assert_eq!(c.auth.rate_limit_per_second, 0);
+        let o = c.auth.oidc.unwrap();
+        assert_eq!((o.roles_claim.as_str(), o.leeway_seconds, o.jwks_refetch_min_seconds), ("roles", 30, 30));
+        assert_eq!(o.algorithms, ["RS256", "ES256"]);
     }
 
     #[test]

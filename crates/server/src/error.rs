@@ -113,6 +113,12 @@ impl From<StoreError> for ApiError {
             StoreError::InvalidContinueToken(_) => {
                 ApiError::new(ErrorCode::InvalidRequest, message).with_field("continue")
             }
+            StoreError::TokenNotFound(name) => {
+                ApiError::new(ErrorCode::NotFound, message).with_details(json!({"kind": "Token", "name": name}))
+            }
+            StoreError::TokenExists(name) => {
+                ApiError::new(ErrorCode::AlreadyExists, message).with_details(json!({"kind": "Token", "name": name}))
+            }
             StoreError::InvalidObject(_) => ApiError::new(ErrorCode::InvalidRequest, message),
             StoreError::Fenced { .. } => {
                 tracing::warn!(error = %message, "fenced write");

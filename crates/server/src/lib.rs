@@ -8,6 +8,7 @@
 //! serve any request.
 
 pub mod admission;
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod error;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub ledger_key: Arc<agentplane_ledger::LedgerKey>,
     /// Flips to `true` when shutdown starts; long-lived streams end on it.
     pub shutdown: watch::Receiver<bool>,
+    /// Authentication: token cache, run token key, OIDC, rate limits.
+    pub auth: Arc<auth::Auth>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -66,6 +69,8 @@ pub enum ServerError {
     DataDir { dir: String, source: std::io::Error },
     #[error("ledger key: {0}")]
     Key(String),
+    #[error("authentication setup: {0}")]
+    Auth(String),
     #[error("cannot open the store: {0}")]
     Store(#[from] agentplane_store::StoreError),
     #[error("loading examples: {0}")]
@@ -76,6 +81,7 @@ pub enum ServerError {
 
 /// The API router over a store.
 pub fn router(state: Arc<AppState>) -> Router {
+    let authn = axum::middleware::from_fn_with_state(state.clone(), auth::middleware);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -86,6 +92,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/ledger/checkpoints", get(ledger::checkpoints))
         .route("/api/v1/ledger/export", get(ledger::export))
         .route("/api/v1/ledger/summary", get(ledger::summary))
+        .route("/api/v1/tokens", get(auth::api::list).post(auth::api::create))
+        .route("/api/v1/tokens/{id}", axum::routing::delete(auth::api::revoke))
         .route("/api/v1/{plural}", get(resources::list_all))
         .route("/api/v1/namespaces/{namespace}/{plural}", get(resources::list_namespaced).post(resources::create))
         .route(
@@ -97,6 +105,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/namespaces/{namespace}/agentruns/{name}/events", get(runs::events))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(authn)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ApiError::new(ErrorCode::Internal, "internal error; see the server log").into_response()
         }))
@@ -206,6 +215,9 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let addr = config.listen_addr()?;
     let store = open_store(&config).await?;
     let ledger_key = Arc::new(ledger::load_or_create_key(&config.data_dir)?);
+    let run_tokens = auth::run_token::RunTokenKey::load_or_create(&config.data_dir).map_err(ServerError::Auth)?;
+    let auth = Arc::new(auth::Auth::new(&config.auth, run_tokens.clone()).map_err(ServerError::Auth)?);
+    auth::tokens::bootstrap(store.as_ref(), &config.data_dir).await.map_err(ServerError::Auth)?;
     if config.dev {
         let report = examples::load_dir(store.as_ref(), &config.examples_dir).await.map_err(ServerError::Examples)?;
         tracing::info!(dir = %config.examples_dir.display(), created = report.created, configured = report.configured, unchanged = report.unchanged, "loaded example resources");
@@ -229,11 +241,13 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     ));
     let controller = config.controller.enabled.then(|| {
         tracing::info!("run controller enabled");
-        tokio::spawn(agentplane_control::controller::run_controller(
-            store.clone(),
-            controller_config(&config),
-            rx.clone(),
-        ))
+        let mut cfg = controller_config(&config);
+        let key = run_tokens.clone();
+        cfg.run_tokens =
+            Some(agentplane_control::controller::RunTokenMinter(Arc::new(move |ns, name, uid, attempt| {
+                key.mint(ns, name, uid, attempt)
+            })));
+        tokio::spawn(agentplane_control::controller::run_controller(store.clone(), cfg, rx.clone()))
     });
     let retention = match agentplane_control::retention::RetentionPolicy::from_days(
         config.retention.runs_days,
@@ -256,6 +270,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         ledger_key,
         admission_cache,
         shutdown: rx.clone(),
+        auth,
     });
     let app = router(state);
     let mut stop = rx.clone();
@@ -319,10 +334,17 @@ async fn wait_for_signal() {
 /// `agentctl server`: load the config (flags, `AGENTPLANE_*` environment, file), serve until
 /// SIGTERM or SIGINT, then shut down gracefully.
 pub async fn run(args: ServerArgs) -> Result<(), ServerError> {
+    run_with(args, |_| {}).await
+}
+
+/// [`run`], calling `on_ready` with the effective config once the server listens (the CLI uses
+/// it to write the dev token into its config file).
+pub async fn run_with(args: ServerArgs, on_ready: impl FnOnce(&Config)) -> Result<(), ServerError> {
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let config = Config::load(&args, &env)?;
     init_logging(&config);
-    let server = start(config).await?;
+    let server = start(config.clone()).await?;
+    on_ready(&config);
     wait_for_signal().await;
     server.shutdown().await
 }

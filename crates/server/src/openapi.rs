@@ -5,10 +5,18 @@ use agentplane_api::schema::schema_for;
 use agentplane_api::{API_VERSION, Kind};
 use serde_json::{Map, Value, json};
 
+/// Error responses of an authenticated operation: `codes`, plus 401, 403 and 429.
 fn err_responses(codes: &[&str]) -> Map<String, Value> {
     let mut m = Map::new();
-    for c in codes {
+    for c in codes.iter().chain(&["401", "403", "429"]) {
         let desc = match *c {
+            "401" => {
+                "Not authenticated (`Unauthorized`): no, malformed, unknown, expired or revoked credentials; header WWW-Authenticate: Bearer"
+            }
+            "403" => {
+                "Authenticated but not allowed (`Forbidden`); details name the permission and the roles that hold it"
+            }
+            "429" => "The token's rate limit is spent (`RateLimited`); header Retry-After",
             "400" => "Invalid request or validation failed (`ValidationFailed`, `InvalidRequest`)",
             "404" => "Not found",
             "409" => "Already exists or stale resourceVersion (`AlreadyExists`, `Conflict`)",
@@ -93,7 +101,7 @@ fn run_subresources(paths: &mut Map<String, Value>, schemas: &mut Map<String, Va
                     "reason": {"type": "string"},
                     "message": {"type": "string"},
                     "time": {"type": "string", "format": "date-time"},
-                    "actor": {"type": "string", "description": "kind:id, e.g. user:anonymous, system:controller"},
+                    "actor": {"type": "string", "description": "kind:id, e.g. user:alice, system:controller"},
                     "attempt": {"type": "integer"},
                     "seq": {"type": "integer", "description": "The ledger entry the event comes from"}
                 }
@@ -212,11 +220,15 @@ pub fn openapi() -> Value {
         );
     }
     run_subresources(&mut paths, &mut schemas, &ns_param, &name_param);
-    let simple = |id: &str, d: &str| json!({"get": {"operationId": id, "tags": ["system"], "responses": {"200": {"description": d}, "503": {"description": "Not ready"}}}});
+    tokens(&mut paths, &mut schemas);
+    let simple = |id: &str, d: &str| json!({"get": {"operationId": id, "tags": ["system"], "security": [], "responses": {"200": {"description": d}, "503": {"description": "Not ready"}}}});
     paths.insert("/healthz".into(), simple("healthz", "The process is alive"));
     paths.insert("/readyz".into(), simple("readyz", "The server can serve requests (store reachable)"));
-    paths.insert("/api/v1/version".into(), simple("version", "Server version"));
-    paths.insert("/api/openapi.json".into(), simple("openapi", "This document"));
+    paths.insert(
+        "/api/v1/version".into(),
+        json!({"get": {"operationId": "version", "tags": ["system"], "responses": with(Map::from_iter([("200".to_string(), json!({"description": "Server version"}))]), err_responses(&[]))}}),
+    );
+    paths.insert("/api/openapi.json".into(), simple("openapi", "This document (public)"));
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -226,6 +238,55 @@ pub fn openapi() -> Value {
         },
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
         "paths": paths,
-        "components": {"schemas": schemas}
+        "security": [{"bearer": []}],
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                "description": "An API token (apt_…), an OIDC JWT, or a run's token (apr_…). See docs/rbac.md."}}
+        }
     })
+}
+
+/// The token endpoints (admin only).
+fn tokens(paths: &mut Map<String, Value>, schemas: &mut Map<String, Value>) {
+    schemas.insert(
+        "Token".into(),
+        json!({
+            "type": "object",
+            "required": ["id", "name", "role", "createdAt", "createdBy", "active"],
+            "properties": {
+                "id": {"type": "string"},
+                "name": {"type": "string"},
+                "role": {"type": "string", "enum": ["viewer", "submitter", "approver", "operator", "admin"]},
+                "namespace": {"type": ["string", "null"], "description": "null = cluster-wide"},
+                "createdAt": {"type": "string", "format": "date-time"},
+                "createdBy": {"type": "string"},
+                "expiresAt": {"type": ["string", "null"], "format": "date-time"},
+                "revokedAt": {"type": ["string", "null"], "format": "date-time"},
+                "active": {"type": "boolean"},
+                "token": {"type": "string", "description": "Only in the reply to create: the token itself, shown once"}
+            }
+        }),
+    );
+    let tags = json!(["Token"]);
+    let token = json!({"$ref": "#/components/schemas/Token"});
+    paths.insert(
+        "/api/v1/tokens".into(),
+        json!({
+            "get": {"operationId": "listTokens", "tags": tags, "summary": "List API tokens (never the tokens or their hashes)",
+                "responses": with(Map::from_iter([("200".to_string(), json!({"description": "The tokens", "content": {"application/json": {"schema": {"type": "object", "properties": {"items": {"type": "array", "items": token}}}}}}))]), err_responses(&["503"]))},
+            "post": {"operationId": "createToken", "tags": tags, "summary": "Create an API token; the reply carries it once",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["name", "role"], "additionalProperties": false, "properties": {
+                    "name": {"type": "string"}, "role": {"type": "string", "enum": ["viewer", "submitter", "approver", "operator", "admin"]},
+                    "namespace": {"type": "string", "description": "Grant the role in this namespace only; absent = cluster-wide"},
+                    "expiresIn": {"type": "string", "description": "30d, 12h, 90m or seconds"}}}}}},
+                "responses": with(Map::from_iter([("201".to_string(), json!({"description": "Created", "content": {"application/json": {"schema": token}}}))]), err_responses(&["400", "409", "503"]))}
+        }),
+    );
+    paths.insert(
+        "/api/v1/tokens/{id}".into(),
+        json!({"delete": {"operationId": "revokeToken", "tags": tags, "summary": "Revoke an active token by id or name",
+            "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}, "description": "Token id or name"}],
+            "responses": with(Map::from_iter([("200".to_string(), json!({"description": "Revoked", "content": {"application/json": {"schema": token}}}))]), err_responses(&["404", "503"]))}}),
+    );
 }

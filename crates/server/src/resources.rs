@@ -25,13 +25,37 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::admission::AdmissionCache;
+use crate::auth::Principal;
 use crate::body::read_document;
 use crate::error::{ApiError, ErrorCode};
 
-/// Who a request acts as. Until authentication lands every request is anonymous; the ledger
-/// records it as such.
-pub(crate) fn request_actor() -> Actor {
-    Actor::user("anonymous")
+/// The annotation recording who submitted an AgentRun (`user:alice`, `user:oidc:<sub>`,
+/// `agent:<ns>/<run>`). Set by the server on create; a client cannot set or change it.
+pub const SUBMITTED_BY: &str = "agentplane.io/submitted-by";
+
+/// Set `metadata.annotations["agentplane.io/submitted-by"]` of a new run to `actor`.
+fn stamp_submitter(obj: &mut Value, actor: &Actor) {
+    if obj.get("kind").and_then(Value::as_str) != Some(Kind::AgentRun.as_str()) {
+        return;
+    }
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        let ann = meta.entry("annotations").or_insert_with(|| json!({}));
+        if let Some(a) = ann.as_object_mut() {
+            a.insert(SUBMITTED_BY.into(), Value::String(crate::runs::actor_label(actor)));
+        }
+    }
+}
+
+/// Drop a client-supplied submitted-by annotation (only the server writes it).
+fn strip_submitter(obj: &mut Value) {
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut)
+        && let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut)
+    {
+        a.remove(SUBMITTED_BY);
+        if a.is_empty() {
+            meta.remove("annotations");
+        }
+    }
 }
 
 pub(crate) fn kind_of(plural: &str) -> Result<Kind, ApiError> {
@@ -146,7 +170,9 @@ pub async fn apply(
     for _ in 0..8 {
         match store.get(&key).await {
             Err(StoreError::NotFound(_)) => {
-                match store.create(admitted.clone(), resource_audit(actor.clone(), actions::RESOURCE_CREATED)).await {
+                let mut obj = admitted.clone();
+                stamp_submitter(&mut obj, actor);
+                match store.create(obj, resource_audit(actor.clone(), actions::RESOURCE_CREATED)).await {
                     Ok(stored) => return Ok((ApplyResult::Created, stored)),
                     Err(e @ StoreError::AlreadyExists(_)) => last_err = Some(e),
                     Err(e) => return Err(e.into()),
@@ -183,6 +209,7 @@ async fn new_object(store: &dyn Store, cache: &AdmissionCache, res: &AnyResource
     crate::admission::admit_new(store, cache, &mut res).await?;
     let mut obj = res.to_value();
     strip_server_meta_keep_status(&mut obj);
+    strip_submitter(&mut obj);
     Ok(obj)
 }
 
@@ -210,7 +237,10 @@ fn user_part(v: &Value) -> (Option<&Value>, Option<&Value>, Option<&Value>) {
 }
 
 fn same_desired_state(existing: &Value, desired: &Value) -> bool {
-    user_part(existing) == user_part(desired)
+    let (mut a, mut b) = (existing.clone(), desired.clone());
+    strip_submitter(&mut a);
+    strip_submitter(&mut b);
+    user_part(&a) == user_part(&b)
 }
 
 /// `spec.idempotencyKey` never changes after create.
@@ -245,6 +275,14 @@ fn merged(existing: &Value, desired: &Value) -> Value {
                 }
             }
         }
+        // Who submitted a run never changes.
+        strip_submitter(&mut next);
+        if let Some(by) = existing.pointer(&format!("/metadata/annotations/{}", SUBMITTED_BY.replace('/', "~1")))
+            && let Some(meta) = next.get_mut("metadata").and_then(Value::as_object_mut)
+            && let Some(a) = meta.entry("annotations").or_insert_with(|| json!({})).as_object_mut()
+        {
+            a.insert(SUBMITTED_BY.into(), by.clone());
+        }
     }
     next
 }
@@ -254,6 +292,7 @@ fn merged(existing: &Value, desired: &Value) -> Value {
 
 pub async fn create(
     State(st): State<Arc<AppState>>,
+    principal: Principal,
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
     body: Body,
@@ -269,9 +308,12 @@ pub async fn create(
     crate::admission::admit_new(st.store.as_ref(), &st.admission_cache, &mut res).await?;
     let mut obj = res.to_value();
     strip_server_meta_keep_status(&mut obj);
+    let actor = principal.actor();
+    strip_submitter(&mut obj);
+    stamp_submitter(&mut obj, &actor);
     let desired_spec = obj.get("spec").cloned();
     let action = if kind == Kind::AgentRun { actions::RUN_SUBMITTED } else { actions::RESOURCE_CREATED };
-    let created = st.store.create(obj, resource_audit(request_actor(), action)).await;
+    let created = st.store.create(obj, resource_audit(actor, action)).await;
     if let Ok(v) = &created
         && let Ok(key) = ObjectKey::of(v)
     {
@@ -335,6 +377,7 @@ fn apply_idempotency_header(headers: &HeaderMap, doc: &mut Value) -> Result<(), 
 
 pub async fn put(
     State(st): State<Arc<AppState>>,
+    principal: Principal,
     path: Result<Path<(String, String, String)>, PathRejection>,
     headers: HeaderMap,
     body: Body,
@@ -358,7 +401,7 @@ pub async fn put(
         }
     };
     let res = admit(kind, &ns, Some(&name), doc)?;
-    let applied = apply(st.store.as_ref(), &st.admission_cache, &res, cas, &request_actor()).await;
+    let applied = apply(st.store.as_ref(), &st.admission_cache, &res, cas, &principal.actor()).await;
     st.admission_cache.invalidate(&ObjectKey::new(kind, ns.clone(), name.clone()));
     let (result, stored) = applied?;
     let status = if result == ApplyResult::Created { StatusCode::CREATED } else { StatusCode::OK };
@@ -379,6 +422,7 @@ pub async fn get_one(
 
 pub async fn delete(
     State(st): State<Arc<AppState>>,
+    principal: Principal,
     path: Result<Path<(String, String, String)>, PathRejection>,
     query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -399,7 +443,7 @@ pub async fn delete(
             }
         }
     }
-    let audit = resource_audit(request_actor(), actions::RESOURCE_DELETED);
+    let audit = resource_audit(principal.actor(), actions::RESOURCE_DELETED);
     let key = ObjectKey::new(kind, ns, name);
     let deleted = st.store.delete(&key, pre, audit).await;
     st.admission_cache.invalidate(&key);

@@ -35,8 +35,8 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::AppState;
+use crate::auth::Principal;
 use crate::error::{ApiError, ErrorCode};
-use crate::resources::request_actor;
 
 /// Read–modify–write attempts of a cancel before giving up with `409 Conflict`.
 const CAS_ATTEMPTS: usize = 8;
@@ -64,7 +64,7 @@ fn query_err(e: QueryRejection) -> ApiError {
     ApiError::invalid(format!("bad query string: {e}"))
 }
 
-/// `kind:id`, as people read an actor (`user:anonymous`).
+/// `kind:id`, as people read an actor (`user:alice`).
 pub fn actor_label(a: &Actor) -> String {
     let kind = match a.kind {
         ActorKind::User => "user",
@@ -157,11 +157,12 @@ fn cancel_reply(result: CancelResult, message: String, run: Value) -> Response {
 /// finished run is left alone (200 `alreadyFinished`, no ledger entry). The body is ignored.
 pub async fn cancel(
     State(st): State<Arc<AppState>>,
+    principal: Principal,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path((ns, name)) = path.map_err(path_err)?;
     let key = run_key(&ns, &name)?;
-    let actor = request_actor();
+    let actor = principal.actor();
     let by = actor_label(&actor);
     for _ in 0..CAS_ATTEMPTS {
         let obj = st.store.get(&key).await?;

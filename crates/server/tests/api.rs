@@ -464,7 +464,8 @@ async fn in_flight_requests_finish_during_graceful_shutdown() {
     let body = serde_json::to_vec(&manifest("Agent", "late")).unwrap();
     let mut sock = tokio::net::TcpStream::connect(t.server.as_ref().unwrap().addr).await.unwrap();
     let head = format!(
-        "POST /api/v1/namespaces/default/agents HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "POST /api/v1/namespaces/default/agents HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        t.admin_token,
         body.len()
     );
     sock.write_all(head.as_bytes()).await.unwrap();

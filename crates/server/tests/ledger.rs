@@ -54,9 +54,17 @@ async fn every_api_write_is_recorded_with_actor_and_target() {
 
     let all = entries(&t, "").await;
     let actions: Vec<&str> = all.iter().map(|e| e["action"].as_str().unwrap()).collect();
-    assert_eq!(actions, ["resource.created", "resource.updated", "resource.deleted"], "unchanged apply writes nothing");
-    for e in &all {
-        assert_eq!(e["actor"], json!({"kind": "user", "id": "anonymous"}));
+    assert_eq!(
+        actions,
+        ["token.created", "resource.created", "resource.updated", "resource.deleted"],
+        "the bootstrap token, then the writes; unchanged apply writes nothing"
+    );
+    assert_eq!(all[0]["actor"], json!({"kind": "system", "id": "bootstrap"}));
+    assert_eq!(all[0]["target"]["name"], "bootstrap-admin");
+    assert!(!all[0].to_string().contains(&t.admin_token), "the ledger never holds a token");
+    let all = &all[1..];
+    for e in all {
+        assert_eq!(e["actor"], json!({"kind": "user", "id": "bootstrap-admin"}), "the authenticated caller");
         assert_eq!(e["target"]["kind"], "Agent");
         assert_eq!(e["target"]["namespace"], "team-a");
         assert_eq!(e["target"]["name"], "a");
@@ -101,18 +109,19 @@ async fn a_change_and_its_entry_commit_together() {
     assert_eq!(t.post("default", "agents", &manifest("Agent", "after")).await.0, 201);
     let all = entries(&t, "").await;
     let names: Vec<&str> = all.iter().map(|e| e["target"]["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["first", "after"]);
+    assert_eq!(names, ["bootstrap-admin", "first", "after"]);
     let key = public_key(&t).await;
     let report = verify(&t, &key).await;
     assert!(report.intact, "{report:?}");
-    assert_eq!(report.entries_checked, 2);
+    assert_eq!(report.entries_checked, 3);
     t.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoints_are_signed_and_verify() {
     let t = start_checkpointing().await;
-    for i in 0..12 {
+    // 11 writes after the bootstrap token's entry: 12 entries.
+    for i in 0..11 {
         assert_eq!(t.post("default", "agents", &manifest("Agent", &format!("a{i}"))).await.0, 201);
     }
     let cps = eventually(Duration::from_secs(20), || async {
@@ -139,7 +148,7 @@ async fn checkpoints_are_signed_and_verify() {
     t.stop().await;
 }
 
-/// Write 12 entries, wait for a checkpoint at 10 or more, stop; apply `tamper` to the database
+/// Write 12 entries (the bootstrap token's and 11 agents), wait for a checkpoint at 10 or more, stop; apply `tamper` to the database
 /// (and data dir); restart and verify with the ORIGINAL public key.
 async fn tampered(tamper: impl FnOnce(&rusqlite::Connection, &std::path::Path)) -> VerifyReport {
     tampered_then(tamper, false).await
@@ -149,7 +158,7 @@ async fn tampered(tamper: impl FnOnce(&rusqlite::Connection, &std::path::Path)) 
 /// key it now has) before the export is verified.
 async fn tampered_then(tamper: impl FnOnce(&rusqlite::Connection, &std::path::Path), resign: bool) -> VerifyReport {
     let t = start_checkpointing().await;
-    for i in 0..12 {
+    for i in 0..11 {
         assert_eq!(t.post("default", "agents", &manifest("Agent", &format!("a{i:02}"))).await.0, 201);
     }
     eventually(Duration::from_secs(20), || async {
@@ -191,7 +200,7 @@ fn problem(r: &VerifyReport) -> (u64, ProblemKind) {
 async fn tampering_is_detected_and_located() {
     // Edit one byte of an entry.
     let r = tampered(|db, _| {
-        db.execute_batch("UPDATE ledger SET body = replace(body, '\"a04\"', '\"a05\"') WHERE seq = 5").unwrap();
+        db.execute_batch("UPDATE ledger SET body = replace(body, '\"a03\"', '\"a04\"') WHERE seq = 5").unwrap();
     })
     .await;
     assert_eq!(problem(&r), (5, ProblemKind::Edited), "{r:?}");
@@ -246,7 +255,7 @@ async fn anomalies_show_in_the_summary_and_are_recorded_once() {
     assert_eq!(code, 200, "{summary}");
     assert_eq!(summary["byAction"]["resource.created"], 60, "{summary}");
     let anomalies = summary["anomalies"].as_array().unwrap();
-    assert!(anomalies.iter().any(|a| a["kind"] == "burst" && a["actor"] == "user:anonymous"), "{summary}");
+    assert!(anomalies.iter().any(|a| a["kind"] == "burst" && a["actor"] == "user:bootstrap-admin"), "{summary}");
     // The scanner records it as an event, once.
     let flagged = eventually(Duration::from_secs(20), || async {
         let e = entries(&t, "action=anomaly.flagged").await;

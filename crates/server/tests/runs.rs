@@ -183,10 +183,10 @@ async fn cancel_of_a_pending_run_cancels_it_and_records_who() {
     let st = &run["status"];
     assert_eq!(st["phase"], "Cancelled", "{run}");
     assert!(st["finishedAt"].is_string(), "{run}");
-    assert_eq!(st["cancelRequestedBy"], "user:anonymous", "{run}");
+    assert_eq!(st["cancelRequestedBy"], "user:bootstrap-admin", "{run}");
     let c = condition(&run, "Cancelled").expect("a Cancelled condition");
     assert_eq!((c["status"].as_str(), c["reason"].as_str()), (Some("True"), Some("Cancelled")), "{run}");
-    assert_eq!(c["message"], "cancelled by user:anonymous", "{run}");
+    assert_eq!(c["message"], "cancelled by user:bootstrap-admin", "{run}");
     let c = condition(&run, "InProgress").expect("an InProgress condition");
     assert_eq!((c["status"].as_str(), c["reason"].as_str()), (Some("False"), Some("Cancelled")), "{run}");
     assert!(condition(&run, "Blocked").is_none(), "{run}");
@@ -196,12 +196,12 @@ async fn cancel_of_a_pending_run_cancels_it_and_records_who() {
     let entries = ledger(&t, "r1").await;
     assert_eq!(
         entries.iter().filter(|e| e.0 == "run.cancelled").collect::<Vec<_>>(),
-        vec![&("run.cancelled".to_string(), "user:anonymous".to_string())],
+        vec![&("run.cancelled".to_string(), "user:bootstrap-admin".to_string())],
         "{entries:?}"
     );
     let evs = events(&t, "r1").await;
     assert_eq!(types(&evs), ["Submitted", "Cancelled"], "{evs:?}");
-    assert_eq!(evs[1]["actor"], "user:anonymous");
+    assert_eq!(evs[1]["actor"], "user:bootstrap-admin");
 
     // Cancelling again changes nothing.
     let before = get_run(&t, "r1").await;
@@ -275,7 +275,7 @@ async fn cancel_of_a_running_run_is_accepted_and_recorded_once() {
     assert_eq!(v["message"], "the run is being stopped (SIGTERM, then SIGKILL after the grace period)", "{v}");
     let st = &v["run"]["status"];
     assert!(st["cancelRequestedAt"].is_string(), "{v}");
-    assert_eq!(st["cancelRequestedBy"], "user:anonymous", "{v}");
+    assert_eq!(st["cancelRequestedBy"], "user:bootstrap-admin", "{v}");
 
     let (code, again) = cancel(&t, "r-long").await;
     if again["result"] == "cancelling" {
@@ -286,7 +286,7 @@ async fn cancel_of_a_running_run_is_accepted_and_recorded_once() {
         assert_eq!((code, again["result"].as_str()), (200, Some("alreadyFinished")), "{again}");
     }
     let requested: Vec<_> = ledger(&t, "r-long").await.into_iter().filter(|e| e.0 == "run.cancel_requested").collect();
-    assert_eq!(requested, vec![("run.cancel_requested".to_string(), "user:anonymous".to_string())]);
+    assert_eq!(requested, vec![("run.cancel_requested".to_string(), "user:bootstrap-admin".to_string())]);
     let evs = events(&t, "r-long").await;
     assert_eq!(&types(&evs)[..3], ["Submitted", "Started", "CancelRequested"], "{evs:?}");
     t.stop().await;
@@ -435,7 +435,7 @@ async fn events_of_a_succeeded_and_a_failed_run() {
 
     let evs = events(&t, "r-ok").await;
     assert_eq!(types(&evs), ["Submitted", "Started", "Succeeded"], "{evs:?}");
-    assert_eq!(evs[0]["actor"], "user:anonymous");
+    assert_eq!(evs[0]["actor"], "user:bootstrap-admin");
     assert_eq!(evs[1]["actor"], "system:controller");
     assert_eq!(evs[1]["attempt"], 1);
     assert_eq!(evs[2]["attempt"], 1);

@@ -40,8 +40,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use agentplane_store::{
-    Checkpoint, Entry, EntryDraft, Lease, LedgerPage, LedgerQuery, ListQuery, ObjectKey, ObjectList, Precondition,
-    Revision, Store, StoreError, WatchEvent, WatchQuery, WatchStream,
+    ApiToken, Checkpoint, Entry, EntryDraft, Lease, LedgerPage, LedgerQuery, ListQuery, ObjectKey, ObjectList,
+    Precondition, Revision, Store, StoreError, WatchEvent, WatchQuery, WatchStream,
 };
 use async_trait::async_trait;
 use serde_json::Value;
@@ -285,6 +285,30 @@ impl Store for SqliteStore {
         self.reads.run(move |conn| read::ledger_scan(conn, after_seq, limit)).await
     }
 
+    async fn create_token(&self, token: ApiToken, audit: EntryDraft) -> Result<ApiToken, StoreError> {
+        token_reply(self.write(Op::CreateToken(token, audit)).await?)
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<ApiToken>, StoreError> {
+        self.check_open()?;
+        self.reads.run(read::list_tokens).await
+    }
+
+    async fn get_token_by_hash(&self, hash: &str) -> Result<Option<ApiToken>, StoreError> {
+        self.check_open()?;
+        let hash = hash.to_string();
+        self.reads.run(move |conn| read::token_by_hash(conn, &hash)).await
+    }
+
+    async fn revoke_token(
+        &self,
+        id_or_name: &str,
+        at: chrono::DateTime<chrono::Utc>,
+        audit: EntryDraft,
+    ) -> Result<ApiToken, StoreError> {
+        token_reply(self.write(Op::RevokeToken(id_or_name.to_string(), at, audit)).await?)
+    }
+
     async fn put_checkpoint(&self, checkpoint: Checkpoint) -> Result<(), StoreError> {
         self.write(Op::Checkpoint(checkpoint)).await.map(|_| ())
     }
@@ -344,4 +368,8 @@ fn lease_reply(v: Value) -> Result<Option<Lease>, StoreError> {
         return Ok(None);
     }
     serde_json::from_value(v).map(Some).map_err(|e| StoreError::unavailable("sqlite: decoding a lease", e))
+}
+
+fn token_reply(v: Value) -> Result<ApiToken, StoreError> {
+    serde_json::from_value(v).map_err(|e| StoreError::unavailable("sqlite: decoding a token", e))
 }

@@ -344,3 +344,34 @@ pub(crate) fn checkpoints(conn: &mut Connection) -> Result<Vec<Checkpoint>, Stor
     }
     Ok(out)
 }
+
+fn tokens_where(
+    conn: &mut Connection,
+    sql: &str,
+    arg: Option<&str>,
+) -> Result<Vec<agentplane_store::ApiToken>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql).map_err(|e| sql_err("reading tokens", e))?;
+    let rows = stmt
+        .query_map(params_from_iter(arg.iter()), |r| r.get::<_, String>(0))
+        .map_err(|e| sql_err("reading tokens", e))?;
+    let mut out = Vec::new();
+    for body in rows {
+        let body = body.map_err(|e| sql_err("reading tokens", e))?;
+        out.push(
+            serde_json::from_str(&body)
+                .map_err(|e| StoreError::unavailable("sqlite: a stored token is not valid JSON", e))?,
+        );
+    }
+    Ok(out)
+}
+
+pub(crate) fn list_tokens(conn: &mut Connection) -> Result<Vec<agentplane_store::ApiToken>, StoreError> {
+    tokens_where(conn, "SELECT body FROM api_tokens ORDER BY created_us, id", None)
+}
+
+pub(crate) fn token_by_hash(
+    conn: &mut Connection,
+    hash: &str,
+) -> Result<Option<agentplane_store::ApiToken>, StoreError> {
+    Ok(tokens_where(conn, "SELECT body FROM api_tokens WHERE hash = ?1", Some(hash))?.into_iter().next())
+}

@@ -81,6 +81,17 @@ const MIGRATIONS: &[&str] = &[
         epoch         INTEGER NOT NULL,
         expires_at_us INTEGER NOT NULL
     );",
+    // 5: API tokens (`Store::create_token`): only the SHA-256 of a token is stored. `body` is the
+    // record as JSON; names are unique among active (not revoked) tokens.
+    "CREATE TABLE api_tokens (
+        id         TEXT    PRIMARY KEY,
+        name       TEXT    NOT NULL,
+        hash       TEXT    NOT NULL UNIQUE,
+        revoked    INTEGER NOT NULL DEFAULT 0,
+        created_us INTEGER NOT NULL,
+        body       TEXT    NOT NULL
+    );
+    CREATE UNIQUE INDEX api_tokens_active_name ON api_tokens (name) WHERE revoked = 0;",
 ];
 
 /// The schema version this code writes.

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use agentplane_api::DEFAULT_NAMESPACE;
 use agentplane_store::{
-    Checkpoint, Entry, EntryDraft, EventType, Lease, ObjectKey, Precondition, Revision, StoreError, Target, WatchEvent,
-    revision_of,
+    ApiToken, Checkpoint, Entry, EntryDraft, EventType, Lease, ObjectKey, Precondition, Revision, StoreError, Target,
+    WatchEvent, revision_of,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Map, Value};
@@ -55,6 +55,11 @@ pub(crate) enum Op {
     Append(Vec<EntryDraft>),
     /// A signed checkpoint; the reply is `null`.
     Checkpoint(Checkpoint),
+    /// Create an API token record with its audit entry; the reply is the record as JSON.
+    CreateToken(ApiToken, EntryDraft),
+    /// Revoke an active API token (by id, else by name) with its audit entry; the reply is the
+    /// revoked record as JSON.
+    RevokeToken(String, chrono::DateTime<chrono::Utc>, EntryDraft),
 }
 
 /// A lease operation (see `Store::acquire_lease`).
@@ -180,6 +185,8 @@ impl Writer {
                 ),
                 Op::Append(drafts) => (append(conn, drafts, &mut tentative), false),
                 Op::Checkpoint(cp) => (insert_checkpoint(conn, &cp), false),
+                Op::CreateToken(t, audit) => (create_token(conn, record, t, audit, &mut tentative), false),
+                Op::RevokeToken(id, at, audit) => (revoke_token(conn, record, &id, at, audit, &mut tentative), false),
             };
             let end = if applied.is_ok() { "RELEASE cmd" } else { "ROLLBACK TO cmd; RELEASE cmd" };
             if let Err(e) = conn.execute_batch(end) {
@@ -619,4 +626,84 @@ fn insert_checkpoint(conn: &Connection, cp: &Checkpoint) -> Result<Applied, Stor
         .and_then(|mut s| s.execute(params![as_i64(cp.seq), body]))
         .map_err(|e| sql_err("storing a ledger checkpoint", e))?;
     Ok(Applied { object: Value::Null, entries: Vec::new(), event: None })
+}
+
+// ---------------------------------------------------------------------------------------------
+// API tokens: the record and its ledger entry commit together.
+
+fn token_json(t: &ApiToken) -> Result<String, StoreError> {
+    serde_json::to_string(t).map_err(|e| json_err("encoding a token", e))
+}
+
+fn create_token(
+    conn: &Connection,
+    record: bool,
+    token: ApiToken,
+    audit: EntryDraft,
+    chain: &mut Chain,
+) -> Result<Applied, StoreError> {
+    let active: Option<String> = conn
+        .prepare_cached("SELECT id FROM api_tokens WHERE name = ?1 AND revoked = 0")
+        .and_then(|mut s| s.query_row([&token.name], |r| r.get(0)).optional())
+        .map_err(|e| sql_err("reading tokens", e))?;
+    if active.is_some() {
+        return Err(StoreError::TokenExists(token.name));
+    }
+    let body = token_json(&token)?;
+    conn.prepare_cached(
+        "INSERT INTO api_tokens (id, name, hash, revoked, created_us, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            token.id,
+            token.name,
+            token.hash,
+            i64::from(token.revoked_at.is_some()),
+            token.created_at.timestamp_micros(),
+            body
+        ])
+    })
+    .map_err(|e| sql_err("inserting a token", e))?;
+    if record {
+        seal_and_insert(conn, audit, chain)?;
+    }
+    let object = serde_json::to_value(&token).map_err(|e| json_err("encoding a token", e))?;
+    Ok(Applied { object, entries: Vec::new(), event: None })
+}
+
+fn revoke_token(
+    conn: &Connection,
+    record: bool,
+    id_or_name: &str,
+    at: chrono::DateTime<chrono::Utc>,
+    audit: EntryDraft,
+    chain: &mut Chain,
+) -> Result<Applied, StoreError> {
+    let found: Option<(String, String)> = conn
+        .prepare_cached(
+            "SELECT id, body FROM api_tokens WHERE revoked = 0 AND (id = ?1 OR name = ?1)
+             ORDER BY (id = ?1) DESC LIMIT 1",
+        )
+        .and_then(|mut s| s.query_row([id_or_name], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+        .map_err(|e| sql_err("reading tokens", e))?;
+    let Some((id, body)) = found else { return Err(StoreError::TokenNotFound(id_or_name.to_string())) };
+    let mut token: ApiToken =
+        serde_json::from_str(&body).map_err(|e| StoreError::unavailable("sqlite: a stored token is not valid", e))?;
+    token.revoked_at = Some(at);
+    let body = token_json(&token)?;
+    conn.prepare_cached("UPDATE api_tokens SET revoked = 1, body = ?2 WHERE id = ?1")
+        .and_then(|mut s| s.execute(params![id, body]))
+        .map_err(|e| sql_err("revoking a token", e))?;
+    if record {
+        let mut audit = audit;
+        if let Some(t) = audit.target.as_mut() {
+            t.name.clone_from(&token.name);
+        }
+        if let Some(p) = audit.params.as_object_mut() {
+            p.insert("id".into(), Value::String(token.id.clone()));
+        }
+        seal_and_insert(conn, audit, chain)?;
+    }
+    let object = serde_json::to_value(&token).map_err(|e| json_err("encoding a token", e))?;
+    Ok(Applied { object, entries: Vec::new(), event: None })
 }

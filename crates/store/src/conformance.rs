@@ -28,8 +28,8 @@ use serde_json::{Value, json};
 use agentplane_ledger::{Actor, Checkpoint, Entry, EntryDraft};
 
 use crate::{
-    EventType, LedgerQuery, ListQuery, ObjectKey, Precondition, Revision, Store, StoreError, WatchEvent, WatchQuery,
-    WatchStream, revision_of,
+    ApiToken, EventType, LedgerQuery, ListQuery, ObjectKey, Precondition, Revision, Store, StoreError, WatchEvent,
+    WatchQuery, WatchStream, revision_of,
 };
 
 /// How long a case waits for one expected watch event (or the end of a stream).
@@ -80,6 +80,7 @@ macro_rules! conformance_tests {
             idempotency_keys_are_unique_per_namespace,
             leases_exclude_and_fence,
             leases_survive_restart_and_release,
+            api_tokens_round_trip_and_revoke,
         );
     };
     (@cases $make:expr; $($case:ident),+ $(,)?) => {
@@ -1325,5 +1326,63 @@ pub async fn leases_survive_restart_and_release(h: &dyn Harness) {
     store.release_lease(&again).await.expect("a second release is Ok");
     let b = store.acquire_lease("controller", "node-b", long).await.expect("acquire").expect("released");
     assert_eq!(b.epoch, again.epoch + 1);
+    store.close().await.expect("close");
+}
+
+fn token(id: &str, name: &str, hash: &str) -> ApiToken {
+    ApiToken {
+        id: id.into(),
+        name: name.into(),
+        role: "viewer".into(),
+        namespace: Some("ns1".into()),
+        hash: hash.into(),
+        created_at: chrono::Utc::now(),
+        created_by: "user:conformance".into(),
+        expires_at: None,
+        revoked_at: None,
+    }
+}
+
+fn token_audit(action: &str, name: &str) -> EntryDraft {
+    let mut d = crate::resource_audit(Actor::user("conformance"), action);
+    d.target = Some(agentplane_ledger::Target {
+        kind: "Token".into(),
+        namespace: String::new(),
+        name: name.into(),
+        uid: None,
+    });
+    d
+}
+
+/// API tokens: create, look up by hash, names unique among active tokens, revoke by id or
+/// name, records survive a restart, and each create/revoke is in the ledger.
+pub async fn api_tokens_round_trip_and_revoke(h: &dyn Harness) {
+    let store = h.open().await;
+    let (head, _) = store.ledger_head().await.expect("head");
+    let a = store.create_token(token("id-a", "ci", "aa"), token_audit("token.created", "ci")).await.expect("create");
+    assert_eq!(a.name, "ci");
+    let e =
+        store.create_token(token("id-b", "ci", "bb"), token_audit("token.created", "ci")).await.expect_err("must fail");
+    assert!(matches!(e, StoreError::TokenExists(ref n) if n == "ci"), "{e:?}");
+    assert_eq!(store.get_token_by_hash("aa").await.expect("get").map(|t| t.id), Some("id-a".into()));
+    assert_eq!(store.get_token_by_hash("zz").await.expect("get"), None);
+    let at = chrono::Utc::now();
+    let revoked = store.revoke_token("ci", at, token_audit("token.revoked", "ci")).await.expect("revoke by name");
+    assert_eq!(revoked.id, "id-a");
+    assert!(revoked.revoked_at.is_some());
+    assert!(!revoked.is_active(chrono::Utc::now()));
+    let e = store.revoke_token("ci", at, token_audit("token.revoked", "ci")).await.expect_err("must fail");
+    assert!(matches!(e, StoreError::TokenNotFound(_)), "{e:?}");
+    // The name is free again once revoked.
+    store.create_token(token("id-c", "ci", "cc"), token_audit("token.created", "ci")).await.expect("reuse name");
+    store.revoke_token("id-c", at, token_audit("token.revoked", "ci")).await.expect("revoke by id");
+    store.close().await.expect("close");
+    let store = h.open().await;
+    let all = store.list_tokens().await.expect("list");
+    assert_eq!(all.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), ["id-a", "id-c"]);
+    assert!(all.iter().all(|t| t.revoked_at.is_some()));
+    let page = store.ledger_scan(head, 100).await.expect("scan");
+    let actions: Vec<&str> = page.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["token.created", "token.revoked", "token.created", "token.revoked"]);
     store.close().await.expect("close");
 }

@@ -104,6 +104,33 @@ pub struct Lease {
     pub expires_at: DateTime<Utc>,
 }
 
+/// An API token as stored: its identity, scope and lifetime, and the SHA-256 of the secret
+/// (lowercase hex). The secret itself is never stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiToken {
+    pub id: String,
+    pub name: String,
+    /// `viewer`, `submitter`, `approver`, `operator` or `admin` (checked by the server).
+    pub role: String,
+    /// The namespace the role is granted in; `None` = cluster-wide.
+    pub namespace: Option<String>,
+    /// SHA-256 of the token, lowercase hex.
+    pub hash: String,
+    pub created_at: DateTime<Utc>,
+    /// Who created it (`user:alice`, `system:bootstrap`).
+    pub created_by: String,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl ApiToken {
+    /// Not revoked and not expired at `now`.
+    pub fn is_active(&self, now: DateTime<Utc>) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|e| e > now)
+    }
+}
+
 /// A `list` request.
 #[derive(Debug, Clone)]
 pub struct ListQuery {
@@ -248,6 +275,12 @@ pub enum StoreError {
     },
     #[error("store is closed")]
     Closed,
+    /// No active API token has this id or name.
+    #[error("no active token {0:?}")]
+    TokenNotFound(String),
+    /// An active API token already has this name.
+    #[error("an active token named {0:?} already exists; revoke it first or pick another name")]
+    TokenExists(String),
     /// A fenced write by a holder that no longer holds the lease (another holder took it, or it
     /// lapsed): the caller must stop doing the lease's job.
     #[error("lease {lease:?} is no longer held by {holder:?} at epoch {epoch}: {reason}")]
@@ -335,6 +368,27 @@ pub trait Store: Send + Sync + 'static {
     /// Up to `limit` entries with seq greater than `after_seq`, in seq order (export and verify
     /// read the whole ledger this way, in constant memory).
     async fn ledger_scan(&self, after_seq: u64, limit: usize) -> Result<Vec<Entry>, StoreError>;
+
+    /// Create an API token record (only its hash: the store never sees a token). Names are unique
+    /// among tokens that are not revoked: a second active token with the same name fails with
+    /// [`StoreError::TokenExists`]. `audit` (`token.created`) commits in the same transaction.
+    async fn create_token(&self, token: ApiToken, audit: EntryDraft) -> Result<ApiToken, StoreError>;
+
+    /// Every API token record, revoked ones included, ordered by creation time.
+    async fn list_tokens(&self) -> Result<Vec<ApiToken>, StoreError>;
+
+    /// The token whose `hash` this is, revoked or not.
+    async fn get_token_by_hash(&self, hash: &str) -> Result<Option<ApiToken>, StoreError>;
+
+    /// Revoke the active token with this id or (if no id matches) this name, at `at`; returns it
+    /// as revoked. [`StoreError::TokenNotFound`] when no active token matches. `audit`
+    /// (`token.revoked`) commits in the same transaction.
+    async fn revoke_token(
+        &self,
+        id_or_name: &str,
+        at: DateTime<Utc>,
+        audit: EntryDraft,
+    ) -> Result<ApiToken, StoreError>;
 
     /// Store a signed checkpoint (idempotent for the same seq).
     async fn put_checkpoint(&self, checkpoint: Checkpoint) -> Result<(), StoreError>;

@@ -56,6 +56,8 @@ pub struct TestServer {
     pub url: String,
     pub dir: tempfile::TempDir,
     log: Arc<Mutex<String>>,
+    /// The bootstrap admin token (also in the client config).
+    pub token: String,
 }
 
 impl TestServer {
@@ -75,6 +77,8 @@ impl TestServer {
 
     pub fn start_in_with(dir: tempfile::TempDir, extra: &[&str]) -> TestServer {
         let mut cmd = agentctl(&dir.path().join("client.toml"));
+        // Tests make many requests quickly; the rate limit has its own tests.
+        cmd.env("AGENTPLANE_AUTH_RATE_LIMIT_PER_SECOND", "0");
         cmd.args(["server", "--listen", "127.0.0.1:0", "--log-level", "info", "--log-format", "text"])
             .args(extra)
             .arg("--data-dir")
@@ -110,7 +114,11 @@ impl TestServer {
                 panic!("agentctl server did not report 'listening on http://' ({e:?}); its stderr:\n{log}");
             }
         };
-        TestServer { child, url, dir, log }
+        // The client config carries the bootstrap admin token, as `server --dev` would write it.
+        let token = std::fs::read_to_string(dir.path().join("data").join("admin-token")).expect("admin-token");
+        let token = token.trim().to_string();
+        std::fs::write(dir.path().join("client.toml"), format!("token = \"{token}\"\n")).expect("client.toml");
+        TestServer { child, url, dir, log, token }
     }
 
     pub fn client_config(&self) -> PathBuf {

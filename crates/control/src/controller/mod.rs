@@ -41,6 +41,20 @@ pub const LEASE_NAME: &str = "controller";
 /// Page size when listing every AgentRun.
 const LIST_PAGE: usize = 1_000;
 
+/// Mints the run-scoped token handed to an attempt's agent (`AGENTPLANE_TOKEN`) from the run's
+/// namespace, name, uid and attempt. The server supplies it (it owns the key).
+#[derive(Clone)]
+pub struct RunTokenMinter(pub Arc<MintFn>);
+
+/// `(namespace, name, uid, attempt) -> token`.
+pub type MintFn = dyn Fn(&str, &str, &str, u32) -> String + Send + Sync;
+
+impl std::fmt::Debug for RunTokenMinter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RunTokenMinter")
+    }
+}
+
 /// Settings of the controller.
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
@@ -65,6 +79,8 @@ pub struct ControllerConfig {
     pub stuck_after: Duration,
     /// How often a custom runtime is asked for the status of each of its attempts.
     pub custom_poll: Duration,
+    /// Mints each attempt's run-scoped token; none when absent.
+    pub run_tokens: Option<RunTokenMinter>,
 }
 
 impl ControllerConfig {
@@ -81,6 +97,7 @@ impl ControllerConfig {
             secrets_dir: None,
             stuck_after: Duration::from_secs(120),
             custom_poll: Duration::from_secs(1),
+            run_tokens: None,
         }
     }
 }

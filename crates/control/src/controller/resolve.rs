@@ -281,6 +281,7 @@ async fn resolve(
     spec.workspace =
         run.spec.workspace.as_ref().map(|w| WorkspaceSpec { repository: w.repository.clone(), ref_: w.ref_.clone() });
     spec.timeout_seconds = run.spec.timeout_seconds;
+    spec.token = ctx.cfg.run_tokens.as_ref().map(|m| SecretValue::new((m.0)(ns, &run.metadata.name, &uid, attempt)));
     Ok(spec)
 }
 

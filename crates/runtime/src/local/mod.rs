@@ -798,6 +798,9 @@ async fn prepare(
     if let Some(url) = &spec.gateway_url {
         env.insert("AGENTPLANE_GATEWAY_URL".into(), url.clone());
     }
+    if let Some(token) = &spec.token {
+        env.insert("AGENTPLANE_TOKEN".into(), token.expose().to_string());
+    }
     let inputs = spec
         .provider
         .input_files

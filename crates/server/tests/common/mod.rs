@@ -11,7 +11,21 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     pub server: Option<RunningServer>,
     pub base: String,
+    /// Sends the bootstrap admin token with every request.
     pub client: reqwest::Client,
+    /// The bootstrap admin token (from `<data_dir>/admin-token`).
+    pub admin_token: String,
+    /// No credentials.
+    pub anon: reqwest::Client,
+}
+
+/// A client that sends `Authorization: Bearer <token>` with every request.
+pub fn client_with(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).unwrap();
+    v.set_sensitive(true);
+    headers.insert(reqwest::header::AUTHORIZATION, v);
+    reqwest::Client::builder().default_headers(headers).build().unwrap()
 }
 
 impl TestServer {
@@ -31,10 +45,35 @@ impl TestServer {
             shutdown_grace_seconds: 10,
             ..Config::default()
         };
+        // Tests make many requests quickly; the rate limit has its own test.
+        config.auth.rate_limit_per_second = 0;
         f(&mut config);
+        let token_file = config.data_dir.join("admin-token");
         let server = start(config).await.unwrap();
         let base = format!("http://{}", server.addr);
-        TestServer { dir, server: Some(server), base, client: reqwest::Client::new() }
+        let admin_token = std::fs::read_to_string(token_file).unwrap().trim().to_string();
+        TestServer {
+            dir,
+            server: Some(server),
+            base,
+            client: client_with(&admin_token),
+            admin_token,
+            anon: reqwest::Client::new(),
+        }
+    }
+
+    /// Create an API token with `role` (cluster-wide when `namespace` is `None`); returns it.
+    pub async fn token(&self, name: &str, role: &str, namespace: Option<&str>) -> String {
+        let r = self
+            .client
+            .post(self.url("/api/v1/tokens"))
+            .json(&json!({"name": name, "role": role, "namespace": namespace}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+        let v: Value = r.json().await.unwrap();
+        v["token"].as_str().unwrap().to_string()
     }
 
     pub fn data_dir(&self) -> PathBuf {
