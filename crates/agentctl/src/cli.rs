@@ -123,6 +123,8 @@ pub enum Command {
     Ledger(LedgerArgs),
     /// Create, list and revoke API tokens (admin)
     Token(TokenArgs),
+    /// Show and change takeover levels: an agent's earned level, an environment's cap
+    Takeover(TakeoverArgs),
     /// Print the client and server versions
     Version(VersionArgs),
     /// Print a shell completion script
@@ -130,6 +132,62 @@ pub enum Command {
     Completion(CompletionArgs),
     /// Run the agentplane server
     Server(agentplane_server::ServerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TakeoverArgs {
+    #[command(subcommand)]
+    pub command: TakeoverCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TakeoverCommand {
+    /// Show the levels that apply to an agent (and environment) and the effective level a run gets
+    #[command(
+        after_help = "Examples:\n  agentctl takeover get --agent coder\n  agentctl takeover get --agent coder --environment prod --level 4"
+    )]
+    Get(TakeoverGetArgs),
+    /// Change an agent's earned level or an environment's cap; a reason is required and recorded
+    #[command(after_help = "Examples:\n  agentctl takeover set --agent coder --level 4 --reason \"50 clean runs\"\n  \
+                      agentctl takeover set --environment prod --max-level 1 --reason \"release freeze\"")]
+    Set(TakeoverSetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TakeoverGetArgs {
+    /// The Agent
+    #[arg(long, value_name = "NAME")]
+    pub agent: String,
+    /// The Environment a run would use [default: none — development defaults]
+    #[arg(long, value_name = "NAME")]
+    pub environment: Option<String>,
+    /// The level a run would ask for (1–5) [default: the environment's default]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub level: Option<u8>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["agent", "environment"])))]
+pub struct TakeoverSetArgs {
+    /// Set this Agent's earned level (with --level)
+    #[arg(long, value_name = "NAME", requires = "level", conflicts_with = "max_level")]
+    pub agent: Option<String>,
+    /// Set this Environment's cap, spec.maxTakeoverLevel (with --max-level)
+    #[arg(long, value_name = "NAME", requires = "max_level", conflicts_with = "level")]
+    pub environment: Option<String>,
+    /// The agent's new earned level (1–5)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub level: Option<u8>,
+    /// The environment's new cap (1–5)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub max_level: Option<u8>,
+    /// Why (required; recorded with who and when)
+    #[arg(long, value_name = "TEXT")]
+    pub reason: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, Args)]

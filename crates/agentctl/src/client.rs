@@ -469,6 +469,37 @@ impl Client {
         self.json(resp).await
     }
 
+    /// `GET /api/v1/namespaces/{ns}/takeover?agent=A[&environment=E][&level=N]`.
+    pub async fn takeover_view(
+        &self,
+        namespace: &str,
+        agent: &str,
+        environment: Option<&str>,
+        level: Option<u8>,
+    ) -> Result<Value, CliError> {
+        let mut url = self.url(&["api", "v1", "namespaces", namespace, "takeover"]);
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("agent", agent);
+            if let Some(e) = environment {
+                q.append_pair("environment", e);
+            }
+            if let Some(l) = level {
+                q.append_pair("level", &l.to_string());
+            }
+        }
+        let resp = self.send(self.request(Method::GET, url)).await?;
+        self.json(resp).await
+    }
+
+    /// `POST /api/v1/namespaces/{ns}/{agents|environments}/{name}/takeover`.
+    pub async fn takeover_set(&self, kind: Kind, namespace: &str, name: &str, body: &Value) -> Result<Value, CliError> {
+        let url = self.url(&["api", "v1", "namespaces", namespace, kind.plural(), name, "takeover"]);
+        let resp = self.send(self.request(Method::POST, url).json(body)).await;
+        let resp = not_found(resp, kind, namespace, name)?;
+        self.json(resp).await
+    }
+
     pub async fn version(&self) -> Result<Value, CliError> {
         let resp = self.send(self.request(Method::GET, self.url(&["api", "v1", "version"]))).await?;
         self.json(resp).await

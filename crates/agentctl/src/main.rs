@@ -12,13 +12,14 @@ mod ledger;
 mod manifest;
 mod output;
 mod run;
+mod takeover;
 mod token;
 
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 
-use crate::cli::{Cli, ClientArgs, Command, LedgerCommand, OutputFormat, RunCommand, TokenCommand};
+use crate::cli::{Cli, ClientArgs, Command, LedgerCommand, OutputFormat, RunCommand, TakeoverCommand, TokenCommand};
 use crate::commands::Ctx;
 use crate::config::{ProcessEnv, Settings};
 use crate::error::{CliError, Exit};
@@ -91,6 +92,10 @@ fn main() -> ExitCode {
             TokenCommand::Create(a) => client(top.merged(&a.client), |ctx| Box::pin(token::create(ctx, a))),
             TokenCommand::List(a) => client(top.merged(&a.client), |ctx| Box::pin(token::list(ctx))),
             TokenCommand::Revoke(a) => client(top.merged(&a.client), |ctx| Box::pin(token::revoke(ctx, a))),
+        },
+        Command::Takeover(t) => match t.command {
+            TakeoverCommand::Get(a) => client(top.merged(&a.client), |ctx| Box::pin(takeover::get(ctx, a))),
+            TakeoverCommand::Set(a) => client(top.merged(&a.client), |ctx| Box::pin(takeover::set(ctx, a))),
         },
         Command::Version(a) => client(top.merged(&a.client), |ctx| Box::pin(commands::version(ctx))),
     };

@@ -17,6 +17,7 @@ pub mod ledger;
 pub mod openapi;
 pub mod resources;
 pub mod runs;
+pub mod takeover;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -101,6 +102,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(resources::get_one).put(resources::put).delete(resources::delete),
         )
         .route("/api/v1/namespaces/{namespace}/agentruns/{name}/cancel", axum::routing::post(runs::cancel))
+        .route("/api/v1/namespaces/{namespace}/takeover", get(takeover::view))
+        .route("/api/v1/namespaces/{namespace}/{plural}/{name}/takeover", axum::routing::post(takeover::set))
         .route("/api/v1/namespaces/{namespace}/agentruns/{name}/logs", get(runs::logs))
         .route("/api/v1/namespaces/{namespace}/agentruns/{name}/events", get(runs::events))
         .fallback(not_found)

@@ -89,7 +89,7 @@ pub enum Perm {
     TokensManage,
     /// approve or deny an Approval (enforced when the endpoint lands).
     ApprovalsDecide,
-    /// set a run's or agent's takeover level (enforced when the endpoint lands).
+    /// set an agent's earned takeover level or an environment's cap.
     TakeoverSet,
     /// request or authorise an emergency elevation (enforced when the endpoint lands).
     Elevation,
@@ -287,6 +287,9 @@ pub fn classify(method: &Method, path: &str, metrics_public: bool) -> Access {
                 in_ns(write_perm(plural, *method == Method::DELETE), ns)
             }
         }
+        ["api", "v1", "namespaces", ns, "agents" | "environments", _, "takeover"] => {
+            in_ns(if read { Perm::ResourcesRead } else { Perm::TakeoverSet }, ns)
+        }
         ["api", "v1", "namespaces", ns, "agentruns", name, sub] => {
             let perm = match *sub {
                 "cancel" => Perm::RunsCancel,
@@ -331,6 +334,9 @@ pub const ENDPOINTS: &[(&str, &str, Perm)] = &[
     ("POST", "/api/v1/namespaces/{ns}/agentruns/{name}/cancel", Perm::RunsCancel),
     ("GET", "/api/v1/namespaces/{ns}/agentruns/{name}/logs", Perm::RunsLogs),
     ("GET", "/api/v1/namespaces/{ns}/agentruns/{name}/events", Perm::RunsEvents),
+    ("GET", "/api/v1/namespaces/{ns}/takeover?agent={name}", Perm::ResourcesRead),
+    ("POST", "/api/v1/namespaces/{ns}/agents/{name}/takeover", Perm::TakeoverSet),
+    ("POST", "/api/v1/namespaces/{ns}/environments/{name}/takeover", Perm::TakeoverSet),
     ("GET", "/api/v1/ledger/public-key", Perm::LedgerRead),
     ("GET", "/api/v1/ledger/entries", Perm::LedgerRead),
     ("GET", "/api/v1/ledger/checkpoints", Perm::LedgerRead),
