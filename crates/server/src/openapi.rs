@@ -119,6 +119,30 @@ fn run_subresources(paths: &mut Map<String, Value>, schemas: &mut Map<String, Va
                 ("202".to_string(), cancel_ok("cancelling (was Running)")),
             ]), err_responses(&["404", "409", "503"]))}}),
     );
+    let tk = json!(["Takeover"]);
+    let json_ok = |d: &str| json!({"description": d, "content": {"application/json": {"schema": {"type": "object"}}}});
+    paths.insert(
+        "/api/v1/namespaces/{namespace}/takeover".into(),
+        json!({"get": {"operationId": "viewTakeover", "tags": tk, "summary": "The takeover levels that apply to an agent (and environment) and the effective level a run would get, with the recorded changes",
+            "parameters": [ns,
+                {"name": "agent", "in": "query", "required": true, "schema": {"type": "string"}},
+                {"name": "environment", "in": "query", "schema": {"type": "string"}},
+                {"name": "level", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 5}, "description": "The level a run would ask for"}],
+            "responses": with(Map::from_iter([("200".to_string(), json_ok("{agent, environment, earned, earnedIsDefault, takeover: RunTakeover, agentHistory, environmentHistory}"))]),
+                err_responses(&["400", "404"]))}}),
+    );
+    for (plural, field) in [("agents", "level"), ("environments", "maxLevel")] {
+        paths.insert(
+            format!("/api/v1/namespaces/{{namespace}}/{plural}/{{name}}/takeover"),
+            json!({"post": {"operationId": format!("setTakeover{}", if plural == "agents" { "Agent" } else { "Environment" }), "tags": tk,
+                "summary": format!("Change the {} with a reason; recorded in status.takeoverHistory and as a takeover.changed ledger entry", if plural == "agents" { "agent's earned level" } else { "environment's cap (spec.maxTakeoverLevel)" }),
+                "parameters": [ns, name],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": [field, "reason"], "additionalProperties": false,
+                    "properties": {field: {"type": "integer", "minimum": 1, "maximum": 5}, "reason": {"type": "string", "minLength": 1, "maxLength": 1024}}}}}},
+                "responses": with(Map::from_iter([("200".to_string(), json_ok("{result: changed|unchanged, kind, name, field, from, to, reason, changedBy, object}"))]),
+                    err_responses(&["400", "404", "409"]))}}),
+        );
+    }
     paths.insert(
         "/api/v1/namespaces/{namespace}/agentruns/{name}/logs".into(),
         json!({"get": {"operationId": "readAgentRunLogs", "tags": tags, "summary": "The run's output (stdout and stderr of every attempt). Followed as server-sent events with follow=true or Accept: text/event-stream: `log` events carry the text, `truncated` says output was dropped by the log cap, `end` carries {phase, exitCode} once the run is finished and its log sent.",
