@@ -125,6 +125,8 @@ pub enum Command {
     Token(TokenArgs),
     /// Show and change takeover levels: an agent's earned level, an environment's cap
     Takeover(TakeoverArgs),
+    /// List, approve and deny approvals (for example a production run waiting to start)
+    Approval(ApprovalArgs),
     /// Print the client and server versions
     Version(VersionArgs),
     /// Print a shell completion script
@@ -132,6 +134,46 @@ pub enum Command {
     Completion(CompletionArgs),
     /// Run the agentplane server
     Server(agentplane_server::ServerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ApprovalArgs {
+    #[command(subcommand)]
+    pub command: ApprovalCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApprovalCommand {
+    /// List approvals in the namespace (pending first)
+    #[command(after_help = "Examples:\n  agentctl approval list\n  agentctl approval list --pending -n prod-team")]
+    List(ApprovalListArgs),
+    /// Approve: the run it holds may start
+    #[command(after_help = "Example:\n  agentctl approval approve deploy-42-start --reason \"change ticket 1234\"")]
+    Approve(ApprovalDecideArgs),
+    /// Deny: the run it holds ends Failed (ApprovalDenied)
+    #[command(after_help = "Example:\n  agentctl approval deny deploy-42-start --reason \"not during the freeze\"")]
+    Deny(ApprovalDecideArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ApprovalListArgs {
+    /// Only approvals still waiting for a decision
+    #[arg(long)]
+    pub pending: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ApprovalDecideArgs {
+    /// The Approval's name (see `agentctl approval list`)
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Why (recorded with the decision)
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, Args)]
@@ -408,6 +450,9 @@ pub struct RunSubmitArgs {
     /// The Environment to run in
     #[arg(long, value_name = "ENV")]
     pub environment: Option<String>,
+    /// The takeover level to ask for (1–5; capped by the environment and the agent's earned level)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub takeover_level: Option<u8>,
     /// Time limit of one attempt (90s, 30m, 2h) [default: the Agent's]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
     pub timeout: Option<std::time::Duration>,

@@ -492,6 +492,20 @@ impl Client {
         self.json(resp).await
     }
 
+    /// `POST /api/v1/namespaces/{ns}/approvals/{name}/{approve|deny}`.
+    pub async fn approval_decide(
+        &self,
+        namespace: &str,
+        name: &str,
+        verb: &str,
+        body: &Value,
+    ) -> Result<Value, CliError> {
+        let url = self.url(&["api", "v1", "namespaces", namespace, Kind::Approval.plural(), name, verb]);
+        let resp = self.send(self.request(Method::POST, url).json(body)).await;
+        let resp = not_found(resp, Kind::Approval, namespace, name)?;
+        self.json(resp).await
+    }
+
     /// `POST /api/v1/namespaces/{ns}/{agents|environments}/{name}/takeover`.
     pub async fn takeover_set(&self, kind: Kind, namespace: &str, name: &str, body: &Value) -> Result<Value, CliError> {
         let url = self.url(&["api", "v1", "namespaces", namespace, kind.plural(), name, "takeover"]);

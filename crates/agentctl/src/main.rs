@@ -3,6 +3,7 @@
 //! HTTP client and all printing; it must not implement server logic (that is
 //! `agentplane-server`'s).
 
+mod approval;
 mod cli;
 mod client;
 mod commands;
@@ -19,7 +20,9 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 
-use crate::cli::{Cli, ClientArgs, Command, LedgerCommand, OutputFormat, RunCommand, TakeoverCommand, TokenCommand};
+use crate::cli::{
+    ApprovalCommand, Cli, ClientArgs, Command, LedgerCommand, OutputFormat, RunCommand, TakeoverCommand, TokenCommand,
+};
 use crate::commands::Ctx;
 use crate::config::{ProcessEnv, Settings};
 use crate::error::{CliError, Exit};
@@ -92,6 +95,13 @@ fn main() -> ExitCode {
             TokenCommand::Create(a) => client(top.merged(&a.client), |ctx| Box::pin(token::create(ctx, a))),
             TokenCommand::List(a) => client(top.merged(&a.client), |ctx| Box::pin(token::list(ctx))),
             TokenCommand::Revoke(a) => client(top.merged(&a.client), |ctx| Box::pin(token::revoke(ctx, a))),
+        },
+        Command::Approval(t) => match t.command {
+            ApprovalCommand::List(a) => client(top.merged(&a.client), |ctx| Box::pin(approval::list(ctx, a))),
+            ApprovalCommand::Approve(a) => {
+                client(top.merged(&a.client), |ctx| Box::pin(approval::decide(ctx, a, "approve")))
+            }
+            ApprovalCommand::Deny(a) => client(top.merged(&a.client), |ctx| Box::pin(approval::decide(ctx, a, "deny"))),
         },
         Command::Takeover(t) => match t.command {
             TakeoverCommand::Get(a) => client(top.merged(&a.client), |ctx| Box::pin(takeover::get(ctx, a))),

@@ -35,6 +35,9 @@ fn run_document(args: &RunSubmitArgs, inline_text: Option<String>) -> Value {
             args.params.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
         spec.insert("parameters".into(), Value::Object(params));
     }
+    if let Some(l) = args.takeover_level {
+        spec.insert("takeoverLevel".into(), json!(l));
+    }
     if let Some(env) = &args.environment {
         spec.insert("environment".into(), json!(env));
     }

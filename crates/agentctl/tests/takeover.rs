@@ -53,3 +53,74 @@ fn takeover_get_and_set_with_a_reason() {
     let out = s.ctl(&["takeover", "set", "--agent", "ghost", "--level", "2", "--reason", "r"]);
     assert_eq!(out.code, 3, "{out:?}");
 }
+
+#[test]
+fn approval_list_approve_and_deny() {
+    let s = TestServer::start_with(&["--no-controller"]);
+    let manifest = format!(
+        "{}---\n{}---\n{}",
+        doc("AgentProvider", "sh", "  binary: /bin/sh\n"),
+        doc("Agent", "coder", "  providerRef:\n    name: sh\n"),
+        doc("Environment", "prod", "  class: production\n"),
+    );
+    let f = s.write("m.yaml", &manifest);
+    assert_eq!(s.ctl(&["apply", "-f", &f]).code, 0);
+    // The admin submits; a second token (an approver) decides.
+    for name in ["one", "two"] {
+        let out = s.ctl(&[
+            "run",
+            "submit",
+            "--agent",
+            "coder",
+            "--text",
+            "deploy",
+            "--environment",
+            "prod",
+            "--name",
+            name,
+            "--takeover-level",
+            "2",
+        ]);
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+    let out = s.ctl(&["token", "create", "--name", "ann", "--role", "approver"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let ann = out.stdout.trim().to_string();
+
+    let out = s.ctl(&["approval", "list"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.starts_with("NAME"), "{out:?}");
+    assert!(
+        out.stdout.lines().any(|l| l.starts_with("one-start ") && l.contains("Pending") && l.contains("prod")),
+        "{out:?}"
+    );
+
+    // The submitter (admin) may not approve its own run's start.
+    let out = s.ctl(&["approval", "approve", "one-start"]);
+    assert_eq!(out.code, 13, "{out:?}");
+    assert!(out.stderr.contains("separation of duties"), "{out:?}");
+
+    let out = s.ctl(&["--token", &ann, "approval", "approve", "one-start", "--reason", "ticket 1"]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "approval/one-start approved: agentrun/one may start\n"),
+        "{out:?}"
+    );
+    let out = s.ctl(&["--token", &ann, "approval", "deny", "two-start", "--reason", "freeze"]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "approval/two-start denied: agentrun/two ends Failed\n"),
+        "{out:?}"
+    );
+    // Decided twice: conflict.
+    let out = s.ctl(&["--token", &ann, "approval", "deny", "one-start"]);
+    assert_eq!(out.code, 4, "{out:?}");
+    assert!(out.stderr.contains("already decided"), "{out:?}");
+    let out = s.ctl(&["approval", "list", "--pending"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(!out.stdout.contains("one-start"), "{out:?}");
+    let out = s.ctl(&["run", "get", "two", "-o", "json"]);
+    assert!(out.stdout.contains("ApprovalDenied"), "{out:?}");
+    let out = s.ctl(&["--token", &ann, "approval", "approve", "ghost"]);
+    assert_eq!(out.code, 3, "{out:?}");
+}

@@ -3,11 +3,13 @@
 //! `security.allowedSecrets`, the Agent's defaults applied, and the initial status written
 //! (`Pending`, condition `Accepted`). Every problem is reported at once, like validation.
 
+use agentplane_api::EnvironmentClass;
 use agentplane_api::condition::{Condition, ConditionStatus};
 use agentplane_api::{
     AgentRun, AgentRunStatus, AgentSpec, AnyResource, EnvironmentSpec, FieldError, Kind, Reason, RunPhase, RunTakeover,
     ValidationErrors,
 };
+use agentplane_control::controller::AWAITING_APPROVAL_CONDITION as AWAITING_APPROVAL;
 use agentplane_policy::{TakeoverLevel, effective_level};
 use agentplane_store::{ObjectKey, Store, StoreError};
 use chrono::Utc;
@@ -32,11 +34,13 @@ pub struct AdmissionCache {
     inner: Mutex<CacheInner>,
     /// The earned level of an Agent whose level was never set (`governance.initial_earned_level`).
     initial_earned_level: u8,
+    /// `governance.production_start_approval`.
+    start_approval: bool,
 }
 
 impl Default for AdmissionCache {
     fn default() -> Self {
-        AdmissionCache::new(crate::config::GovernanceConfig::default().initial_earned_level)
+        AdmissionCache::new(&crate::config::GovernanceConfig::default())
     }
 }
 
@@ -47,8 +51,12 @@ struct CacheInner {
 }
 
 impl AdmissionCache {
-    pub fn new(initial_earned_level: u8) -> Self {
-        AdmissionCache { inner: Mutex::default(), initial_earned_level }
+    pub fn new(g: &crate::config::GovernanceConfig) -> Self {
+        AdmissionCache {
+            inner: Mutex::default(),
+            initial_earned_level: g.initial_earned_level,
+            start_approval: g.production_start_approval,
+        }
     }
 
     /// The earned level of an Agent whose level was never set.
@@ -206,16 +214,29 @@ async fn admit_run(store: &dyn Store, cache: &AdmissionCache, run: &mut AgentRun
         return Err(ValidationErrors(errs).into());
     }
     let now = Utc::now();
+    let mut conditions = vec![Condition {
+        type_: "Accepted".into(),
+        status: ConditionStatus::True,
+        reason: "Admitted".into(),
+        message: "references resolved; waiting to be scheduled".into(),
+        last_transition_time: Some(now),
+        observed_generation: Some(1),
+    }];
+    if cache.start_approval && takeover.environment_class == EnvironmentClass::Production && takeover.effective > 1 {
+        conditions.push(Condition::new(
+            AWAITING_APPROVAL,
+            ConditionStatus::True,
+            "ApprovalRequired",
+            format!(
+                "starting a run in production at L{} needs an approval (agentctl approval list / approve)",
+                takeover.effective
+            ),
+            now,
+        ));
+    }
     run.status = Some(AgentRunStatus {
         phase: Some(RunPhase::Pending),
-        conditions: vec![Condition {
-            type_: "Accepted".into(),
-            status: ConditionStatus::True,
-            reason: "Admitted".into(),
-            message: "references resolved; waiting to be scheduled".into(),
-            last_transition_time: Some(now),
-            observed_generation: Some(1),
-        }],
+        conditions,
         attempt: Some(0),
         observed_generation: Some(1),
         updated_at: Some(now),

@@ -178,11 +178,23 @@ impl Default for RetentionConfig {
 pub struct GovernanceConfig {
     /// The earned takeover level (1–5) of an Agent whose level was never set.
     pub initial_earned_level: u8,
+    /// A run in a `production` environment whose effective level is above L1 waits for an
+    /// approval before it may start.
+    pub production_start_approval: bool,
+    /// How long such an approval may wait before it expires (and counts as denied), in minutes.
+    pub approval_ttl_minutes: u64,
+    /// How often expired approvals are looked for (seconds).
+    pub approval_sweep_seconds: u64,
 }
 
 impl Default for GovernanceConfig {
     fn default() -> Self {
-        GovernanceConfig { initial_earned_level: 3 }
+        GovernanceConfig {
+            initial_earned_level: 3,
+            production_start_approval: true,
+            approval_ttl_minutes: 60,
+            approval_sweep_seconds: 10,
+        }
     }
 }
 
@@ -337,6 +349,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("AGENTPLANE_CONTROLLER_RETRY_BASE_SECONDS", "controller.retry_base_seconds"),
     ("AGENTPLANE_CONTROLLER_RETRY_MAX_SECONDS", "controller.retry_max_seconds"),
     ("AGENTPLANE_GOVERNANCE_INITIAL_EARNED_LEVEL", "governance.initial_earned_level"),
+    ("AGENTPLANE_GOVERNANCE_PRODUCTION_START_APPROVAL", "governance.production_start_approval"),
+    ("AGENTPLANE_GOVERNANCE_APPROVAL_TTL_MINUTES", "governance.approval_ttl_minutes"),
     ("AGENTPLANE_RETENTION_ENABLED", "retention.enabled"),
     ("AGENTPLANE_RETENTION_RUNS_DAYS", "retention.runs_days"),
     ("AGENTPLANE_RETENTION_LOGS_DAYS", "retention.logs_days"),
@@ -411,6 +425,10 @@ impl Config {
                 "AGENTPLANE_CONTROLLER_RETRY_BASE_SECONDS" => c.controller.retry_base_seconds = parse(var, v)?,
                 "AGENTPLANE_CONTROLLER_RETRY_MAX_SECONDS" => c.controller.retry_max_seconds = parse(var, v)?,
                 "AGENTPLANE_GOVERNANCE_INITIAL_EARNED_LEVEL" => c.governance.initial_earned_level = parse(var, v)?,
+                "AGENTPLANE_GOVERNANCE_PRODUCTION_START_APPROVAL" => {
+                    c.governance.production_start_approval = parse_bool(var, v)?
+                }
+                "AGENTPLANE_GOVERNANCE_APPROVAL_TTL_MINUTES" => c.governance.approval_ttl_minutes = parse(var, v)?,
                 "AGENTPLANE_RETENTION_ENABLED" => c.retention.enabled = parse_bool(var, v)?,
                 "AGENTPLANE_RETENTION_RUNS_DAYS" => c.retention.runs_days = parse(var, v)?,
                 "AGENTPLANE_RETENTION_LOGS_DAYS" => c.retention.logs_days = parse(var, v)?,
@@ -535,6 +553,11 @@ impl Config {
                 "governance.initial_earned_level = {} must be a takeover level from 1 to 5",
                 self.governance.initial_earned_level
             )));
+        }
+        if self.governance.approval_ttl_minutes == 0 || self.governance.approval_sweep_seconds == 0 {
+            return Err(ConfigError(
+                "governance.approval_ttl_minutes and governance.approval_sweep_seconds must be at least 1".into(),
+            ));
         }
         let a = &self.auth;
         if a.rate_limit_per_second > 0 && a.rate_limit_burst == 0 {

@@ -8,6 +8,7 @@
 //! serve any request.
 
 pub mod admission;
+pub mod approvals;
 pub mod auth;
 pub mod body;
 pub mod config;
@@ -103,6 +104,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/api/v1/namespaces/{namespace}/agentruns/{name}/cancel", axum::routing::post(runs::cancel))
         .route("/api/v1/namespaces/{namespace}/takeover", get(takeover::view))
+        .route("/api/v1/namespaces/{namespace}/approvals/{name}/{action}", axum::routing::post(approvals::decide))
         .route("/api/v1/namespaces/{namespace}/{plural}/{name}/takeover", axum::routing::post(takeover::set))
         .route("/api/v1/namespaces/{namespace}/agentruns/{name}/logs", get(runs::logs))
         .route("/api/v1/namespaces/{namespace}/agentruns/{name}/events", get(runs::events))
@@ -266,7 +268,12 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         ))),
         _ => None,
     };
-    let admission_cache = admission::AdmissionCache::new(config.governance.initial_earned_level);
+    let expiry = tokio::spawn(approvals::run_expiry(
+        store.clone(),
+        Duration::from_secs(config.governance.approval_sweep_seconds),
+        rx.clone(),
+    ));
+    let admission_cache = admission::AdmissionCache::new(&config.governance);
     let state = Arc::new(AppState {
         store: store.clone(),
         config: Arc::new(config),
@@ -303,6 +310,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         if let Some(r) = retention {
             let _ = r.await;
         }
+        let _ = expiry.await;
         let _ = checkpointer.await;
         store.close().await?;
         tracing::info!("store flushed and closed");

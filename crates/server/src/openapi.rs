@@ -131,6 +131,18 @@ fn run_subresources(paths: &mut Map<String, Value>, schemas: &mut Map<String, Va
             "responses": with(Map::from_iter([("200".to_string(), json_ok("{agent, environment, earned, earnedIsDefault, takeover: RunTakeover, agentHistory, environmentHistory}"))]),
                 err_responses(&["400", "404"]))}}),
     );
+    for verb in ["approve", "deny"] {
+        paths.insert(
+            format!("/api/v1/namespaces/{{namespace}}/approvals/{{name}}/{verb}"),
+            json!({"post": {"operationId": format!("{verb}Approval"), "tags": ["Approval"],
+                "summary": format!("{} a pending approval (once; not the submitter of its run; a listed approver when spec.approvers is set). Approving lets the run start; denying ends it Failed/ApprovalDenied.", if verb == "approve" { "Approve" } else { "Deny" }),
+                "parameters": [ns, name],
+                "requestBody": {"required": false, "content": {"application/json": {"schema": {"type": "object", "additionalProperties": false,
+                    "properties": {"reason": {"type": "string", "maxLength": 1024}}}}}},
+                "responses": with(Map::from_iter([("200".to_string(), json!({"description": "The decided approval", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Approval"}}}}))]),
+                    err_responses(&["400", "404", "409"]))}}),
+        );
+    }
     for (plural, field) in [("agents", "level"), ("environments", "maxLevel")] {
         paths.insert(
             format!("/api/v1/namespaces/{{namespace}}/{plural}/{{name}}/takeover"),

@@ -313,14 +313,22 @@ pub async fn create(
     stamp_submitter(&mut obj, &actor);
     let desired_spec = obj.get("spec").cloned();
     let action = if kind == Kind::AgentRun { actions::RUN_SUBMITTED } else { actions::RESOURCE_CREATED };
-    let created = st.store.create(obj, resource_audit(actor, action)).await;
+    let created = st.store.create(obj, resource_audit(actor.clone(), action)).await;
     if let Ok(v) = &created
         && let Ok(key) = ObjectKey::of(v)
     {
         st.admission_cache.invalidate(&key);
     }
     match created {
-        Ok(stored) => Ok((StatusCode::CREATED, Json(stored)).into_response()),
+        Ok(stored) => {
+            // A run that needs an approval to start gets its Approval now.
+            let stored = if kind == Kind::AgentRun {
+                crate::approvals::request_for_run(&st, stored, &actor).await
+            } else {
+                stored
+            };
+            Ok((StatusCode::CREATED, Json(stored)).into_response())
+        }
         Err(StoreError::IdempotencyKeyInUse { existing, idempotency_key }) => {
             // The same key with the same spec is a retry: answer the run that exists. With a
             // different spec it is a conflict.
@@ -404,6 +412,11 @@ pub async fn put(
     let applied = apply(st.store.as_ref(), &st.admission_cache, &res, cas, &principal.actor()).await;
     st.admission_cache.invalidate(&ObjectKey::new(kind, ns.clone(), name.clone()));
     let (result, stored) = applied?;
+    let stored = if kind == Kind::AgentRun && result == ApplyResult::Created {
+        crate::approvals::request_for_run(&st, stored, &principal.actor()).await
+    } else {
+        stored
+    };
     let status = if result == ApplyResult::Created { StatusCode::CREATED } else { StatusCode::OK };
     let mut resp = (status, Json(stored)).into_response();
     resp.headers_mut().insert(APPLY_RESULT_HEADER, HeaderValue::from_static(result.as_str()));

@@ -292,6 +292,17 @@ fn order_of(run: &AgentRun, obj: &serde_json::Value) -> OrderKey {
     OrderKey::new(run.metadata.creation_timestamp.unwrap_or(DateTime::<Utc>::UNIX_EPOCH), revision_of(obj).unwrap_or(0))
 }
 
+/// The condition a run waiting for a human approval carries (`True` while it waits).
+pub const AWAITING_APPROVAL_CONDITION: &str = "AwaitingApproval";
+
+/// Whether a pending run waits for an approval before it may be scheduled.
+pub fn awaiting_approval(status: &agentplane_api::AgentRunStatus) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == AWAITING_APPROVAL_CONDITION && c.status == agentplane_api::condition::ConditionStatus::True)
+}
+
 pub(crate) fn decode(obj: &serde_json::Value) -> Result<AgentRun, ControllerError> {
     serde_json::from_value(obj.clone()).map_err(|e| ControllerError::Decode {
         key: ObjectKey::of(obj).map(|k| k.to_string()).unwrap_or_else(|_| "?".into()),
@@ -471,6 +482,7 @@ impl Controller {
             let agent = run.spec.agent_ref.name.clone();
             let status = run.status.clone().unwrap_or_default();
             match status.phase.unwrap_or_default() {
+                RunPhase::Pending if awaiting_approval(&status) => {}
                 RunPhase::Pending => {
                     let cap = self.agent_cap(&key.namespace, &agent).await;
                     let order = order_of(&run, obj);
@@ -608,6 +620,8 @@ impl Controller {
         }
         let status = run.status.clone().unwrap_or_default();
         match status.phase.unwrap_or_default() {
+            // Not startable until a human approves (the approval handler clears the condition).
+            RunPhase::Pending if awaiting_approval(&status) => {}
             RunPhase::Pending => {
                 // Only runs the scheduler does not know yet; our own writes come back here too.
                 if self.scheduler.state(&key).is_none()

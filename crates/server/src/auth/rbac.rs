@@ -87,7 +87,7 @@ pub enum Perm {
     LedgerExport,
     /// create, list and revoke API tokens.
     TokensManage,
-    /// approve or deny an Approval (enforced when the endpoint lands).
+    /// approve or deny an Approval.
     ApprovalsDecide,
     /// set an agent's earned takeover level or an environment's cap.
     TakeoverSet,
@@ -287,6 +287,9 @@ pub fn classify(method: &Method, path: &str, metrics_public: bool) -> Access {
                 in_ns(write_perm(plural, *method == Method::DELETE), ns)
             }
         }
+        ["api", "v1", "namespaces", ns, "approvals", _, _] => {
+            in_ns(if read { Perm::ResourcesRead } else { Perm::ApprovalsDecide }, ns)
+        }
         ["api", "v1", "namespaces", ns, "agents" | "environments", _, "takeover"] => {
             in_ns(if read { Perm::ResourcesRead } else { Perm::TakeoverSet }, ns)
         }
@@ -335,6 +338,8 @@ pub const ENDPOINTS: &[(&str, &str, Perm)] = &[
     ("GET", "/api/v1/namespaces/{ns}/agentruns/{name}/logs", Perm::RunsLogs),
     ("GET", "/api/v1/namespaces/{ns}/agentruns/{name}/events", Perm::RunsEvents),
     ("GET", "/api/v1/namespaces/{ns}/takeover?agent={name}", Perm::ResourcesRead),
+    ("POST", "/api/v1/namespaces/{ns}/approvals/{name}/approve", Perm::ApprovalsDecide),
+    ("POST", "/api/v1/namespaces/{ns}/approvals/{name}/deny", Perm::ApprovalsDecide),
     ("POST", "/api/v1/namespaces/{ns}/agents/{name}/takeover", Perm::TakeoverSet),
     ("POST", "/api/v1/namespaces/{ns}/environments/{name}/takeover", Perm::TakeoverSet),
     ("GET", "/api/v1/ledger/public-key", Perm::LedgerRead),
