@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::cli::{ApprovalDecideArgs, ApprovalListArgs, OutputFormat};
+use crate::cli::{ApprovalDecideArgs, ApprovalListArgs, ElevateArgs, OutputFormat};
 use crate::client::ListQuery;
 use crate::commands::Ctx;
 use crate::error::{CliError, Exit};
@@ -92,6 +92,30 @@ pub async fn decide(ctx: &Ctx, args: ApprovalDecideArgs, verb: &str) -> Result<E
                 "denied: agentrun/{run} ends Failed"
             };
             p.line(&format!("approval/{} {}", args.name, what.replace("{run}", &run)))?;
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+/// `agentctl elevate`: creates the request (an Approval) and prints its name.
+pub async fn elevate(ctx: &Ctx, args: ElevateArgs) -> Result<Exit, CliError> {
+    let ns = ctx.settings.namespace.clone();
+    let body = json!({"level": args.to, "minutes": args.minutes, "reason": args.reason});
+    let reply = ctx.client()?.request_elevation(&ns, &args.environment, &body).await?;
+    let p = &ctx.printer;
+    match p.format {
+        OutputFormat::Json | OutputFormat::Yaml => p.value(&reply)?,
+        _ => {
+            let name = s(&reply, "/metadata/name");
+            p.line(&format!("approval/{name} created"))?;
+            p.note(&format!(
+                "an authoriser ({}) grants it with: agentctl approval approve {name}",
+                reply
+                    .pointer("/spec/approvers")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default()
+            ));
         }
     }
     Ok(Exit::Ok)

@@ -127,6 +127,12 @@ pub enum Command {
     Takeover(TakeoverArgs),
     /// List, approve and deny approvals (for example a production run waiting to start)
     Approval(ApprovalArgs),
+    /// Ask for an emergency elevation of an environment's cap (a listed authoriser approves it)
+    #[command(
+        after_help = "Example:\n  agentctl elevate --environment prod --to L4 --minutes 30 --reason \"incident 77: hotfix rollout\"\n  \
+                      # then an authoriser: agentctl approval approve <the printed approval>"
+    )]
+    Elevate(ElevateArgs),
     /// Print the client and server versions
     Version(VersionArgs),
     /// Print a shell completion script
@@ -134,6 +140,32 @@ pub enum Command {
     Completion(CompletionArgs),
     /// Run the agentplane server
     Server(agentplane_server::ServerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ElevateArgs {
+    /// The Environment whose cap is raised
+    #[arg(long, value_name = "NAME")]
+    pub environment: String,
+    /// The level, L1–L5 (or 1–5)
+    #[arg(long, value_name = "LEVEL", value_parser = parse_level)]
+    pub to: u8,
+    /// For how long (at most the environment's spec.emergency.maxMinutes)
+    #[arg(long, value_name = "N")]
+    pub minutes: f64,
+    /// Why (required; recorded)
+    #[arg(long, value_name = "TEXT")]
+    pub reason: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+fn parse_level(s: &str) -> Result<u8, String> {
+    let n = s.strip_prefix(['L', 'l']).unwrap_or(s);
+    match n.parse::<u8>() {
+        Ok(l @ 1..=5) => Ok(l),
+        _ => Err(format!("{s:?} is not a takeover level; use L1 to L5")),
+    }
 }
 
 #[derive(Debug, Args)]

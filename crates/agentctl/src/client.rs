@@ -492,6 +492,14 @@ impl Client {
         self.json(resp).await
     }
 
+    /// `POST /api/v1/namespaces/{ns}/environments/{name}/elevation`.
+    pub async fn request_elevation(&self, namespace: &str, env: &str, body: &Value) -> Result<Value, CliError> {
+        let url = self.url(&["api", "v1", "namespaces", namespace, Kind::Environment.plural(), env, "elevation"]);
+        let resp = self.send(self.request(Method::POST, url).json(body)).await;
+        let resp = not_found(resp, Kind::Environment, namespace, env)?;
+        self.json(resp).await
+    }
+
     /// `POST /api/v1/namespaces/{ns}/approvals/{name}/{approve|deny}`.
     pub async fn approval_decide(
         &self,

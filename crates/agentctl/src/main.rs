@@ -96,6 +96,7 @@ fn main() -> ExitCode {
             TokenCommand::List(a) => client(top.merged(&a.client), |ctx| Box::pin(token::list(ctx))),
             TokenCommand::Revoke(a) => client(top.merged(&a.client), |ctx| Box::pin(token::revoke(ctx, a))),
         },
+        Command::Elevate(a) => client(top.merged(&a.client), |ctx| Box::pin(approval::elevate(ctx, a))),
         Command::Approval(t) => match t.command {
             ApprovalCommand::List(a) => client(top.merged(&a.client), |ctx| Box::pin(approval::list(ctx, a))),
             ApprovalCommand::Approve(a) => {

@@ -124,3 +124,28 @@ fn approval_list_approve_and_deny() {
     let out = s.ctl(&["--token", &ann, "approval", "approve", "ghost"]);
     assert_eq!(out.code, 3, "{out:?}");
 }
+
+#[test]
+fn elevate_creates_a_request_an_authoriser_grants() {
+    let s = TestServer::start_with(&["--no-controller"]);
+    let env = "  class: production\n  emergency:\n    allowed: true\n    maxMinutes: 30\n    authorizers: [ann]\n";
+    let f = s.write("e.yaml", &doc("Environment", "prod", env));
+    assert_eq!(s.ctl(&["apply", "-f", &f]).code, 0);
+    let out = s.ctl(&["elevate", "--environment", "prod", "--to", "L9", "--minutes", "5", "--reason", "x"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    let out = s.ctl(&["elevate", "--environment", "prod", "--to", "L4", "--minutes", "90", "--reason", "incident"]);
+    assert_eq!(out.code, 5, "{out:?}");
+    assert!(out.stderr.contains("emergency limit of 30 minutes"), "{out:?}");
+    let out = s.ctl(&["elevate", "--environment", "prod", "--to", "L4", "--minutes", "20", "--reason", "incident 77"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let name = out.stdout.trim().strip_prefix("approval/").unwrap().strip_suffix(" created").unwrap().to_string();
+    assert!(out.stderr.contains("agentctl approval approve"), "{out:?}");
+    let out = s.ctl(&["token", "create", "--name", "ann", "--role", "approver"]);
+    let ann = out.stdout.trim().to_string();
+    let out = s.ctl(&["--token", &ann, "approval", "approve", &name]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = s.ctl(&["get", "environment", "prod", "-o", "json"]);
+    assert!(out.stdout.contains("\"elevation\""), "{out:?}");
+    let out = s.ctl(&["elevate", "--environment", "ghost", "--to", "4", "--minutes", "5", "--reason", "r"]);
+    assert_eq!(out.code, 3, "{out:?}");
+}

@@ -605,8 +605,12 @@ pub struct RunTakeover {
     /// `spec.takeoverLevel`, else the environment's `defaultTakeoverLevel` (3 without an
     /// environment).
     pub requested: u8,
-    /// The environment's `maxTakeoverLevel` (5 without an environment).
+    /// The environment's `maxTakeoverLevel` (5 without an environment), raised by an emergency
+    /// elevation in force.
     pub environment_cap: u8,
+    /// The level of the emergency elevation in force at admission, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elevation: Option<u8>,
     /// The Agent's earned level at admission.
     pub earned: u8,
     /// What the run may do: the minimum of the three.
@@ -811,6 +815,33 @@ pub struct EnvironmentStatus {
     /// (at most 20 kept; the ledger has all).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub takeover_history: Vec<LevelChange>,
+    /// An emergency elevation in force (or ended but not yet cleared by the sweeper: compare
+    /// `until` with the time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elevation: Option<Elevation>,
+}
+
+/// A granted emergency elevation: the environment's cap is raised to `level` until `until`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Elevation {
+    pub level: u8,
+    pub until: DateTime<Utc>,
+    /// Who asked (`user:alice`).
+    pub requested_by: String,
+    /// The authoriser who granted it.
+    pub granted_by: String,
+    pub granted_at: DateTime<Utc>,
+    pub reason: String,
+    /// The Approval that carried the request.
+    pub approval: String,
+}
+
+impl Elevation {
+    /// The elevated level while `now` is before `until`.
+    pub fn active_level(&self, now: DateTime<Utc>) -> Option<u8> {
+        (now < self.until).then_some(self.level)
+    }
 }
 
 pub type Environment = Resource<EnvironmentSpec, EnvironmentStatus>;

@@ -174,9 +174,15 @@ async fn admit_run(store: &dyn Store, cache: &AdmissionCache, run: &mut AgentRun
     if let (Some(name), Some(None)) = (&env, &env_v) {
         errs.push(missing("spec.environment", Reason::MissingEnvironment, Kind::Environment, &ns, name));
     }
+    let env_v = env_v.flatten();
     let env_spec: Option<EnvironmentSpec> =
-        env_v.flatten().and_then(|v| v.get("spec").cloned()).and_then(|s| serde_json::from_value(s).ok());
-    let takeover = run_takeover(run.spec.takeover_level, env_spec.as_ref(), earned);
+        env_v.as_ref().and_then(|v| v.get("spec").cloned()).and_then(|s| serde_json::from_value(s).ok());
+    let elevation = env_v
+        .as_ref()
+        .and_then(|v| v.pointer("/status/elevation").cloned())
+        .and_then(|e| serde_json::from_value::<agentplane_api::Elevation>(e).ok())
+        .and_then(|e| e.active_level(Utc::now()));
+    let takeover = run_takeover(run.spec.takeover_level, env_spec.as_ref(), earned, elevation);
     if let Some(agent) = &agent {
         let provider = &agent.provider_ref.name;
         if exists(cache, store, Kind::AgentProvider, &ns, provider).await?.is_none() {
@@ -249,12 +255,28 @@ async fn admit_run(store: &dyn Store, cache: &AdmissionCache, run: &mut AgentRun
 /// A run's takeover level (DESIGN §6): requested = `spec.takeoverLevel`, else the environment's
 /// default; cap = the environment's `maxTakeoverLevel`; both default by the environment's class
 /// (`development` when the run names no environment); effective = min(requested, cap, earned).
-pub fn run_takeover(requested: Option<u8>, env: Option<&EnvironmentSpec>, earned: u8) -> RunTakeover {
+///
+/// An emergency `elevation` in force raises the cap (never lowers it), not the earned level.
+pub fn run_takeover(
+    requested: Option<u8>,
+    env: Option<&EnvironmentSpec>,
+    earned: u8,
+    elevation: Option<u8>,
+) -> RunTakeover {
     let class = env.map(|e| e.class).unwrap_or_default();
     let (class_max, class_default) = class.default_levels();
-    let cap = env.and_then(|e| e.max_takeover_level).unwrap_or(class_max);
+    let base_cap = env.and_then(|e| e.max_takeover_level).unwrap_or(class_max);
     let requested = requested.or(env.and_then(|e| e.default_takeover_level)).unwrap_or(class_default);
     let clamp = |l: u8| TakeoverLevel::from_u8(l.clamp(1, 5)).unwrap_or(TakeoverLevel::L1);
-    let effective = effective_level(clamp(requested), clamp(cap), clamp(earned), None);
-    RunTakeover { requested, environment_cap: cap, earned, effective: effective.as_u8(), environment_class: class }
+    let elev = elevation.map(clamp);
+    let cap = agentplane_policy::environment_cap(clamp(base_cap), elev, elev);
+    let effective = effective_level(clamp(requested), clamp(base_cap), clamp(earned), elev);
+    RunTakeover {
+        requested,
+        environment_cap: cap.as_u8(),
+        elevation,
+        earned,
+        effective: effective.as_u8(),
+        environment_class: class,
+    }
 }

@@ -36,6 +36,13 @@ use crate::runs::actor_label;
 
 /// The `operation.tool` of an approval to start a run.
 pub const START_TOOL: &str = "agentplane.run.start";
+/// The `operation.tool` of an emergency elevation request.
+pub const ELEVATION_TOOL: &str = "agentplane.elevation";
+/// Labels on an elevation request: the level asked for and for how long (seconds).
+pub const ELEVATION_LEVEL_LABEL: &str = "agentplane.io/elevation-level";
+pub const ELEVATION_SECONDS_LABEL: &str = "agentplane.io/elevation-seconds";
+/// The emergency limit when an Environment allows emergencies without `maxMinutes`.
+pub const DEFAULT_EMERGENCY_MAX_MINUTES: u32 = 60;
 /// Label on an approval naming its run.
 pub const RUN_LABEL: &str = "agentplane.io/run";
 const CAS_ATTEMPTS: usize = 8;
@@ -359,6 +366,16 @@ pub async fn decide(
         audit.params = json!({"approval": name, "tool": spec.operation.tool, "reason": reason});
         match st.store.update(next, Precondition::ResourceVersion(revision_of(&obj).unwrap_or_default()), audit).await {
             Ok(stored) => {
+                if approve
+                    && spec.operation.tool == ELEVATION_TOOL
+                    && let Err(e) = grant_elevation(st.store.as_ref(), &ns, &obj, &spec, &actor, now).await
+                {
+                    tracing::error!(approval = %name, error = %e, "elevation approved but not granted");
+                    return Err(ApiError::new(
+                        ErrorCode::Internal,
+                        format!("the elevation was approved but could not be put in force: {e}; request it again"),
+                    ));
+                }
                 if let Some(run) = &run_name {
                     let why = reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
                     let result = if approve {
@@ -381,6 +398,217 @@ pub async fn decide(
         }
     }
     Err(ApiError::new(ErrorCode::Conflict, format!("approval {name} kept changing; try again")))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ElevateBody {
+    #[serde(default)]
+    level: Option<u8>,
+    #[serde(default)]
+    minutes: Option<f64>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+fn bad(field: &str, msg: String) -> ApiError {
+    ApiError::new(ErrorCode::ValidationFailed, msg).with_field(field)
+}
+
+/// `POST /api/v1/namespaces/{ns}/environments/{name}/elevation` `{"level", "minutes", "reason"}`:
+/// asks to raise the environment's cap for a while. Creates an Approval (tool
+/// `agentplane.elevation`) that one of the Environment's `emergency.authorizers` — not the
+/// requester — must approve; approving puts the elevation in force (`status.elevation`).
+pub async fn request_elevation(
+    State(st): State<Arc<AppState>>,
+    principal: Principal,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let Path((ns, env)) = path.map_err(|e| ApiError::invalid(format!("bad path: {e}")))?;
+    let body: ElevateBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::invalid(format!("bad body: {e}; send {{\"level\": 1-5, \"minutes\": N, \"reason\": \"...\"}}"))
+    })?;
+    let reason = body
+        .reason
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| bad("reason", "reason is required: say why the emergency needs a higher level".into()))?;
+    if reason.len() > MAX_REASON_BYTES {
+        return Err(bad(
+            "reason",
+            format!("reason is {} bytes; at most {MAX_REASON_BYTES} are accepted", reason.len()),
+        ));
+    }
+    let level = match body.level {
+        Some(l @ 1..=5) => l,
+        Some(l) => return Err(bad("level", format!("level = {l} is not a takeover level; use 1 to 5"))),
+        None => return Err(bad("level", "level is required (1–5)".into())),
+    };
+    let minutes = body.minutes.ok_or_else(|| bad("minutes", "minutes is required".into()))?;
+    if !minutes.is_finite() || minutes <= 0.0 {
+        return Err(bad("minutes", format!("minutes = {minutes} must be positive")));
+    }
+    if agentplane_api::validate_name("name", &env).is_some()
+        || agentplane_api::validate_name("namespace", &ns).is_some()
+    {
+        return Err(ApiError::new(ErrorCode::NotFound, format!("environment {env:?} not found")));
+    }
+    let env_obj = st.store.get(&ObjectKey::new(Kind::Environment, &ns, &env)).await?;
+    let env_spec: agentplane_api::EnvironmentSpec =
+        serde_json::from_value(env_obj.get("spec").cloned().unwrap_or(Value::Null))
+            .map_err(|e| internal("a stored environment cannot be read", e))?;
+    let emergency = env_spec.emergency.clone().unwrap_or_default();
+    if !emergency.allowed {
+        return Err(ApiError::new(
+            ErrorCode::PolicyDenied,
+            format!("environment {env} does not allow emergency elevation (spec.emergency.allowed is not true)"),
+        ));
+    }
+    if emergency.authorizers.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::PolicyDenied,
+            format!("environment {env} lists no spec.emergency.authorizers: nobody could grant an elevation"),
+        ));
+    }
+    let max_minutes = emergency.max_minutes.unwrap_or(DEFAULT_EMERGENCY_MAX_MINUTES);
+    if minutes > f64::from(max_minutes) {
+        return Err(bad(
+            "minutes",
+            format!(
+                "minutes = {minutes} is above environment {env}'s emergency limit of {max_minutes} minutes (spec.emergency.maxMinutes)"
+            ),
+        ));
+    }
+    let cap = env_spec.max_takeover_level.unwrap_or(env_spec.class.default_levels().0);
+    if level <= cap {
+        return Err(bad("level", format!("environment {env} already allows L{cap}; an elevation must ask for more")));
+    }
+    let actor = principal.actor();
+    let by = actor_label(&actor);
+    let now = Utc::now();
+    let seconds = (minutes * 60.0).round().max(1.0) as u64;
+    let approval_name = format!("{env}-elevation-{}", now.timestamp_millis());
+    let ttl = chrono::Duration::minutes(i64::try_from(st.config.governance.approval_ttl_minutes).unwrap_or(60));
+    let approval = json!({
+        "apiVersion": "agentplane.dev/v1alpha1",
+        "kind": "Approval",
+        "metadata": {"name": approval_name, "namespace": ns, "labels": {
+            ELEVATION_LEVEL_LABEL: level.to_string(), ELEVATION_SECONDS_LABEL: seconds.to_string()}},
+        "spec": {
+            "subject": by,
+            "operation": {"tool": ELEVATION_TOOL, "type": "permission_change", "critical": true,
+                "argumentsSummary": format!("raise environment {env}'s cap from L{cap} to L{level} for {minutes} minutes")},
+            "reason": reason,
+            "environment": env,
+            "approvers": emergency.authorizers,
+            "expiresAt": now + ttl,
+        },
+        "status": {"phase": "Pending", "updatedAt": now},
+    });
+    let mut audit = resource_audit(actor.clone(), actions::ELEVATION_REQUESTED);
+    audit.namespace = Some(ns.clone());
+    audit.environment = Some(env.clone());
+    audit.takeover_level = Some(level);
+    audit.outcome = outcomes::PENDING.to_string();
+    audit.params = json!({"approval": approval_name, "from": cap, "to": level, "minutes": minutes, "reason": reason});
+    let stored = st.store.create(approval, audit).await?;
+    tracing::info!(namespace = %ns, environment = %env, level, minutes, actor = %by, "elevation requested");
+    Ok((axum::http::StatusCode::CREATED, Json(stored)).into_response())
+}
+
+/// Puts an approved elevation in force on its Environment (`elevation.granted`).
+async fn grant_elevation(
+    store: &dyn Store,
+    ns: &str,
+    approval: &Value,
+    spec: &ApprovalSpec,
+    actor: &Actor,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let label =
+        |k: &str| approval.pointer(&format!("/metadata/labels/{}", k.replace('/', "~1"))).and_then(Value::as_str);
+    let level: u8 = label(ELEVATION_LEVEL_LABEL).and_then(|v| v.parse().ok()).unwrap_or(1);
+    let seconds: i64 = label(ELEVATION_SECONDS_LABEL).and_then(|v| v.parse().ok()).unwrap_or(60);
+    let env = spec.environment.clone().unwrap_or_default();
+    let name = approval.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+    let key = ObjectKey::new(Kind::Environment, ns, &env);
+    for _ in 0..CAS_ATTEMPTS {
+        let obj = store.get(&key).await?;
+        let mut status: agentplane_api::EnvironmentStatus =
+            obj.get("status").cloned().and_then(|s| serde_json::from_value(s).ok()).unwrap_or_default();
+        let until = now + chrono::Duration::seconds(seconds);
+        status.elevation = Some(agentplane_api::Elevation {
+            level,
+            until,
+            requested_by: spec.subject.clone(),
+            granted_by: actor_label(actor),
+            granted_at: now,
+            reason: spec.reason.clone(),
+            approval: name.clone(),
+        });
+        status.updated_at = Some(now);
+        let mut next = obj.clone();
+        set_part(&mut next, "status", serde_json::to_value(&status).unwrap_or(Value::Null));
+        let mut audit = resource_audit(actor.clone(), actions::ELEVATION_GRANTED);
+        audit.namespace = Some(ns.to_string());
+        audit.environment = Some(env.clone());
+        audit.takeover_level = Some(level);
+        audit.params = json!({"approval": name, "level": level, "until": until, "requestedBy": spec.subject});
+        match store.update(next, Precondition::ResourceVersion(revision_of(&obj).unwrap_or_default()), audit).await {
+            Ok(_) => return Ok(()),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Conflict { key, expected: 0, actual: 0 })
+}
+
+/// Clears elevations whose time ran out (`elevation.expired`, actor `system:approvals`); the cap
+/// reverts. Returns how many.
+pub async fn expire_elevations(store: &dyn Store, now: DateTime<Utc>) -> Result<usize, StoreError> {
+    let mut q = ListQuery::new(Kind::Environment);
+    q.limit = Some(500);
+    let mut n = 0;
+    let system = Actor::system("approvals");
+    loop {
+        let page = store.list(&q).await?;
+        for obj in &page.items {
+            let Some(e) = obj
+                .pointer("/status/elevation")
+                .cloned()
+                .and_then(|e| serde_json::from_value::<agentplane_api::Elevation>(e).ok())
+            else {
+                continue;
+            };
+            if e.active_level(now).is_some() {
+                continue;
+            }
+            let Ok(key) = ObjectKey::of(obj) else { continue };
+            let mut status: agentplane_api::EnvironmentStatus =
+                obj.get("status").cloned().and_then(|s| serde_json::from_value(s).ok()).unwrap_or_default();
+            status.elevation = None;
+            status.updated_at = Some(now);
+            let mut next = obj.clone();
+            set_part(&mut next, "status", serde_json::to_value(&status).unwrap_or(Value::Null));
+            let mut audit = resource_audit(system.clone(), actions::ELEVATION_EXPIRED);
+            audit.namespace = Some(key.namespace.clone());
+            audit.environment = Some(key.name.clone());
+            audit.outcome = outcomes::EXPIRED.to_string();
+            audit.params =
+                json!({"approval": e.approval, "level": e.level, "until": e.until, "grantedBy": e.granted_by});
+            match store.update(next, Precondition::ResourceVersion(revision_of(obj).unwrap_or_default()), audit).await {
+                Ok(_) => n += 1,
+                // Changed meanwhile: the next sweep looks again.
+                Err(StoreError::Conflict { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        match page.continue_token {
+            Some(c) => q.continue_token = Some(c),
+            None => return Ok(n),
+        }
+    }
 }
 
 /// Marks a pending approval `Expired` (`approval.expired`) and fails its run (`ApprovalExpired`).
@@ -462,6 +690,11 @@ pub async fn run_expiry(store: Arc<dyn Store>, interval: Duration, mut shutdown:
             Ok(0) => {}
             Ok(n) => tracing::info!(expired = n, "approvals expired"),
             Err(e) => tracing::warn!(error = %e, "approval expiry sweep failed"),
+        }
+        match expire_elevations(store.as_ref(), Utc::now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(expired = n, "emergency elevations ended"),
+            Err(e) => tracing::warn!(error = %e, "elevation expiry sweep failed"),
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}

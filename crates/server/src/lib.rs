@@ -105,6 +105,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/namespaces/{namespace}/agentruns/{name}/cancel", axum::routing::post(runs::cancel))
         .route("/api/v1/namespaces/{namespace}/takeover", get(takeover::view))
         .route("/api/v1/namespaces/{namespace}/approvals/{name}/{action}", axum::routing::post(approvals::decide))
+        .route(
+            "/api/v1/namespaces/{namespace}/environments/{name}/elevation",
+            axum::routing::post(approvals::request_elevation),
+        )
         .route("/api/v1/namespaces/{namespace}/{plural}/{name}/takeover", axum::routing::post(takeover::set))
         .route("/api/v1/namespaces/{namespace}/agentruns/{name}/logs", get(runs::logs))
         .route("/api/v1/namespaces/{namespace}/agentruns/{name}/events", get(runs::events))

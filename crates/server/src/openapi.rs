@@ -143,6 +143,16 @@ fn run_subresources(paths: &mut Map<String, Value>, schemas: &mut Map<String, Va
                     err_responses(&["400", "404", "409"]))}}),
         );
     }
+    paths.insert(
+        "/api/v1/namespaces/{namespace}/environments/{name}/elevation".into(),
+        json!({"post": {"operationId": "requestElevation", "tags": tk,
+            "summary": "Ask to raise the environment's cap for a while (emergency). Creates an Approval (tool agentplane.elevation) for the environment's emergency.authorizers; approving it puts the elevation in force (status.elevation) until it reverts on its own.",
+            "parameters": [ns, name],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["level", "minutes", "reason"], "additionalProperties": false,
+                "properties": {"level": {"type": "integer", "minimum": 1, "maximum": 5}, "minutes": {"type": "number", "exclusiveMinimum": 0, "description": "At most spec.emergency.maxMinutes (default 60)"}, "reason": {"type": "string", "minLength": 1, "maxLength": 1024}}}}}},
+            "responses": with(Map::from_iter([("201".to_string(), json!({"description": "The elevation request", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Approval"}}}}))]),
+                err_responses(&["400", "404", "422"]))}}),
+    );
     for (plural, field) in [("agents", "level"), ("environments", "maxLevel")] {
         paths.insert(
             format!("/api/v1/namespaces/{{namespace}}/{plural}/{{name}}/takeover"),

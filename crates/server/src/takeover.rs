@@ -145,7 +145,8 @@ pub async fn view(
         }
         None => (None, None),
     };
-    let t = run_takeover(q.level, env_spec.as_ref(), earned);
+    let elevation = env_status.as_ref().and_then(|s| s.elevation.as_ref()).and_then(|e| e.active_level(Utc::now()));
+    let t = run_takeover(q.level, env_spec.as_ref(), earned, elevation);
     Ok(Json(json!({
         "namespace": ns,
         "agent": q.agent,

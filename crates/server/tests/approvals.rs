@@ -175,3 +175,104 @@ async fn denial_expiry_and_separation_of_duties() {
     assert_eq!(decide(&ann, &t, "late-start", "maybe", "x").await.0, 404);
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emergency_elevation_is_requested_granted_by_an_authoriser_and_reverts() {
+    let t = TestServer::start_with(|c| {
+        c.governance.approval_sweep_seconds = 1;
+        c.controller.enabled = false;
+    })
+    .await;
+    run_prerequisites(&t, NS).await;
+    env(
+        &t,
+        "prod",
+        json!({"class": "production", "emergency": {"allowed": true, "maxMinutes": 30, "authorizers": ["ann", "adm"]}}),
+    )
+    .await;
+    env(&t, "qa", json!({"class": "test"})).await;
+    let ann = client_with(&t.token("ann", "approver", Some(NS)).await);
+    let adm = client_with(&t.token("adm", "admin", Some(NS)).await);
+    let sub = client_with(&t.token("sam", "submitter", Some(NS)).await);
+    // The agent has earned L5, so the environment's cap is what binds.
+    let r = t
+        .client
+        .post(t.url(&format!("/api/v1/namespaces/{NS}/agents/a/takeover")))
+        .json(&json!({"level": 5, "reason": "trusted"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+
+    let elevate = |c: reqwest::Client, env: &'static str, body: Value| {
+        let url = t.url(&format!("/api/v1/namespaces/{NS}/environments/{env}/elevation"));
+        async move {
+            let r = c.post(url).json(&body).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    // Bad requests, each naming the problem; nothing is created.
+    let (code, v) = elevate(adm.clone(), "prod", json!({"level": 4, "minutes": 45, "reason": "incident"})).await;
+    assert_eq!((code, v["field"].as_str()), (400, Some("minutes")), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("emergency limit of 30 minutes"), "{v}");
+    let (code, v) = elevate(adm.clone(), "prod", json!({"level": 2, "minutes": 5, "reason": "incident"})).await;
+    assert_eq!((code, v["field"].as_str()), (400, Some("level")), "{v}");
+    let (code, v) = elevate(adm.clone(), "prod", json!({"level": 4, "minutes": 5})).await;
+    assert_eq!((code, v["field"].as_str()), (400, Some("reason")), "{v}");
+    let (code, v) = elevate(adm.clone(), "qa", json!({"level": 5, "minutes": 5, "reason": "incident"})).await;
+    assert_eq!(code, 422, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("does not allow emergency elevation"), "{v}");
+    let (code, _) = elevate(sub.clone(), "prod", json!({"level": 4, "minutes": 5, "reason": "incident"})).await;
+    assert_eq!(code, 403);
+
+    // A valid request: an Approval for the authorisers.
+    let (code, a) = elevate(adm.clone(), "prod", json!({"level": 4, "minutes": 0.05, "reason": "incident 77"})).await;
+    assert_eq!(code, 201, "{a}");
+    let name = a["metadata"]["name"].as_str().unwrap().to_string();
+    assert_eq!(a["spec"]["operation"]["tool"], "agentplane.elevation");
+    assert_eq!(a["spec"]["approvers"], json!(["ann", "adm"]));
+    // The requester may not grant it, even as a listed authoriser.
+    let (code, v) = decide(&adm, &t, &name, "approve", "me").await;
+    assert_eq!(code, 403, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("separation of duties"), "{v}");
+    let (code, v) = decide(&ann, &t, &name, "approve", "confirmed incident").await;
+    assert_eq!(code, 200, "{v}");
+
+    // In force: the cap is L4 for runs admitted now.
+    let (_, e) = t.get(&t.item(NS, "environments", "prod")).await;
+    assert_eq!(
+        (e["status"]["elevation"]["level"].as_u64(), e["status"]["elevation"]["grantedBy"].as_str()),
+        (Some(4), Some("user:ann")),
+        "{e}"
+    );
+    let mut m = manifest("AgentRun", "hotfix");
+    m["spec"]["environment"] = json!("prod");
+    m["spec"]["takeoverLevel"] = json!(5);
+    let (code, run) = t.post(NS, "agentruns", &m).await;
+    assert_eq!(code, 201, "{run}");
+    let tk = &run["status"]["takeover"];
+    assert_eq!(
+        (tk["environmentCap"].as_u64(), tk["elevation"].as_u64(), tk["effective"].as_u64()),
+        (Some(4), Some(4), Some(4)),
+        "{run}"
+    );
+
+    // It ends on its own (3 s) and the cap reverts.
+    eventually(DEADLINE, || async {
+        let (_, e) = t.get(&t.item(NS, "environments", "prod")).await;
+        e["status"].get("elevation").is_none().then_some(())
+    })
+    .await;
+    let (_, v) = t.get(&t.url(&format!("/api/v1/namespaces/{NS}/takeover?agent=a&environment=prod&level=5"))).await;
+    assert_eq!(
+        (v["takeover"]["environmentCap"].as_u64(), v["takeover"]["effective"].as_u64()),
+        (Some(2), Some(2)),
+        "{v}"
+    );
+    for action in ["elevation.requested", "elevation.granted", "elevation.expired"] {
+        let entries = ledger(&t, action).await;
+        assert_eq!(entries.len(), 1, "{action}: {entries:?}");
+        assert_eq!(entries[0]["environment"], "prod", "{action}");
+    }
+    t.stop().await;
+}

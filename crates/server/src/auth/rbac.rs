@@ -91,7 +91,7 @@ pub enum Perm {
     ApprovalsDecide,
     /// set an agent's earned takeover level or an environment's cap.
     TakeoverSet,
-    /// request or authorise an emergency elevation (enforced when the endpoint lands).
+    /// request an emergency elevation (granting it is deciding its approval).
     Elevation,
     /// the server version: any authenticated caller.
     VersionRead,
@@ -194,7 +194,7 @@ pub const MATRIX: &[Row] = &[
         perm: Perm::Elevation,
         id: "elevation.manage",
         resource: "elevation",
-        verbs: "request, authorise",
+        verbs: "request",
         roles: &[Operator, Admin],
     },
     Row {
@@ -290,6 +290,9 @@ pub fn classify(method: &Method, path: &str, metrics_public: bool) -> Access {
         ["api", "v1", "namespaces", ns, "approvals", _, _] => {
             in_ns(if read { Perm::ResourcesRead } else { Perm::ApprovalsDecide }, ns)
         }
+        ["api", "v1", "namespaces", ns, "environments", _, "elevation"] => {
+            in_ns(if read { Perm::ResourcesRead } else { Perm::Elevation }, ns)
+        }
         ["api", "v1", "namespaces", ns, "agents" | "environments", _, "takeover"] => {
             in_ns(if read { Perm::ResourcesRead } else { Perm::TakeoverSet }, ns)
         }
@@ -340,6 +343,7 @@ pub const ENDPOINTS: &[(&str, &str, Perm)] = &[
     ("GET", "/api/v1/namespaces/{ns}/takeover?agent={name}", Perm::ResourcesRead),
     ("POST", "/api/v1/namespaces/{ns}/approvals/{name}/approve", Perm::ApprovalsDecide),
     ("POST", "/api/v1/namespaces/{ns}/approvals/{name}/deny", Perm::ApprovalsDecide),
+    ("POST", "/api/v1/namespaces/{ns}/environments/{name}/elevation", Perm::Elevation),
     ("POST", "/api/v1/namespaces/{ns}/agents/{name}/takeover", Perm::TakeoverSet),
     ("POST", "/api/v1/namespaces/{ns}/environments/{name}/takeover", Perm::TakeoverSet),
     ("GET", "/api/v1/ledger/public-key", Perm::LedgerRead),
