@@ -63,12 +63,7 @@ pub async fn list(ctx: &Ctx, args: ApprovalListArgs) -> Result<Exit, CliError> {
                     ]
                 })
                 .collect();
-            let t = StreamTable::new(&header, &rows);
-            let mut out = t.line(&header);
-            for r in &rows {
-                out.push_str(&t.line(r));
-            }
-            p.out(&out)?;
+            p.out(&StreamTable::render(&header, &rows))?;
         }
     }
     Ok(Exit::Ok)

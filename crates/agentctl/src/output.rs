@@ -565,6 +565,16 @@ impl StreamTable {
         StreamTable { widths }
     }
 
+    /// A whole table at once: the header and every row, aligned on all of them.
+    pub fn render(header: &[String], rows: &[Vec<String>]) -> String {
+        let t = StreamTable::new(header, rows);
+        let mut out = t.line(header);
+        for r in rows {
+            out.push_str(&t.line(r));
+        }
+        out
+    }
+
     /// One line (with its `\n`); at least three spaces between cells, the last one not padded.
     pub fn line(&self, row: &[String]) -> String {
         let mut line = String::new();

@@ -84,12 +84,7 @@ pub async fn list(ctx: &Ctx) -> Result<Exit, CliError> {
                     ]
                 })
                 .collect();
-            let t = StreamTable::new(&header, &rows);
-            let mut out = t.line(&header);
-            for r in &rows {
-                out.push_str(&t.line(r));
-            }
-            p.out(&out)?;
+            p.out(&StreamTable::render(&header, &rows))?;
         }
     }
     Ok(Exit::Ok)

@@ -53,7 +53,8 @@ fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {
     ApiError::new(ErrorCode::Internal, format!("{what}; see the server log"))
 }
 
-fn set_part(obj: &mut Value, part: &str, v: Value) {
+/// Replaces one top-level part (`spec`, `status`) of a stored object.
+pub(crate) fn set_part(obj: &mut Value, part: &str, v: Value) {
     if let Some(o) = obj.as_object_mut() {
         o.insert(part.into(), v);
     }

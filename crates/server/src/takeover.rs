@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::admission::run_takeover;
+use crate::approvals::set_part;
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorCode};
 use crate::runs::actor_label;
@@ -264,12 +265,6 @@ pub async fn set(
         }
     }
     Err(ApiError::new(ErrorCode::Conflict, format!("{} {name} kept changing; try again", kind.as_str())))
-}
-
-fn set_part(obj: &mut Value, part: &str, v: Value) {
-    if let Some(o) = obj.as_object_mut() {
-        o.insert(part.into(), v);
-    }
 }
 
 fn unchanged(kind: Kind, name: &str, level: u8, obj: Value) -> Response {
