@@ -5,8 +5,9 @@ mod common;
 
 use common::{TestServer, doc};
 
-#[test]
-fn takeover_get_and_set_with_a_reason() {
+/// A server without the controller, holding Agent `coder` (a shell provider) and a production
+/// Environment `prod`.
+fn server_with_coder_and_prod() -> TestServer {
     let s = TestServer::start_with(&["--no-controller"]);
     let manifest = format!(
         "{}---\n{}---\n{}",
@@ -16,6 +17,12 @@ fn takeover_get_and_set_with_a_reason() {
     );
     let f = s.write("m.yaml", &manifest);
     assert_eq!(s.ctl(&["apply", "-f", &f]).code, 0);
+    s
+}
+
+#[test]
+fn takeover_get_and_set_with_a_reason() {
+    let s = server_with_coder_and_prod();
 
     let out = s.ctl(&["takeover", "get", "--agent", "coder", "--environment", "prod", "--level", "4"]);
     assert_eq!(out.code, 0, "{out:?}");
@@ -56,15 +63,7 @@ fn takeover_get_and_set_with_a_reason() {
 
 #[test]
 fn approval_list_approve_and_deny() {
-    let s = TestServer::start_with(&["--no-controller"]);
-    let manifest = format!(
-        "{}---\n{}---\n{}",
-        doc("AgentProvider", "sh", "  binary: /bin/sh\n"),
-        doc("Agent", "coder", "  providerRef:\n    name: sh\n"),
-        doc("Environment", "prod", "  class: production\n"),
-    );
-    let f = s.write("m.yaml", &manifest);
-    assert_eq!(s.ctl(&["apply", "-f", &f]).code, 0);
+    let s = server_with_coder_and_prod();
     // The admin submits; a second token (an approver) decides.
     for name in ["one", "two"] {
         let out = s.ctl(&[
