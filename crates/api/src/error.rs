@@ -41,6 +41,8 @@ pub enum Reason {
     MissingMemory,
     MissingEnvironment,
     SecretNotAllowed,
+    /// A Policy's Rego module does not parse, does not compile, or fails on the sample input.
+    InvalidPolicy,
 }
 
 impl Reason {
@@ -78,6 +80,7 @@ impl Reason {
             Reason::MissingMemory => "MissingMemory",
             Reason::MissingEnvironment => "MissingEnvironment",
             Reason::SecretNotAllowed => "SecretNotAllowed",
+            Reason::InvalidPolicy => "InvalidPolicy",
         }
     }
 }

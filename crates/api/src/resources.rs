@@ -194,6 +194,22 @@ pub struct AgentStatus {
     /// The last changes of the earned level, oldest first (at most 20 kept; the ledger has all).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub takeover_history: Vec<LevelChange>,
+    /// A pending suggestion to raise the earned level, made after a streak of clean runs. Raising
+    /// always needs a human (`agentctl takeover set`); any change of the level clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level_suggestion: Option<LevelSuggestion>,
+}
+
+/// A suggestion, made by the server, to raise an Agent's earned level.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LevelSuggestion {
+    /// The level suggested (the current earned level + 1).
+    pub level: u8,
+    pub at: DateTime<Utc>,
+    /// The clean runs in a row that support it.
+    pub clean_runs: u32,
+    pub reason: String,
 }
 
 /// One recorded change of a takeover level or cap: who, when, from, to, why.
@@ -797,8 +813,21 @@ pub struct EmergencySettings {
     pub allowed: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_minutes: Option<u32>,
+    /// Highest takeover level an emergency elevation may raise the cap to (1–5; default 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_level: Option<u8>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub authorizers: Vec<String>,
+}
+
+impl EmergencySettings {
+    /// Emergency ceiling when `maxLevel` is not set: L4 (auto). L5 (autonomous) must be allowed
+    /// explicitly.
+    pub const DEFAULT_MAX_LEVEL: u8 = 4;
+
+    pub fn max_level_or_default(&self) -> u8 {
+        self.max_level.unwrap_or(Self::DEFAULT_MAX_LEVEL)
+    }
 }
 
 /// Server-owned state of an Environment: how its takeover cap changed.

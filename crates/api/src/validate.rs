@@ -626,6 +626,7 @@ impl Validate for EnvironmentSpec {
         string_list(out, p(path, "approvers"), &self.approvers);
         if let Some(e) = &self.emergency {
             range_u64(out, format!("{path}.emergency.maxMinutes"), e.max_minutes.map(u64::from), 1, 24 * 60);
+            range_u64(out, format!("{path}.emergency.maxLevel"), e.max_level.map(u64::from), 1, 5);
             string_list(out, format!("{path}.emergency.authorizers"), &e.authorizers);
             if e.allowed && e.authorizers.is_empty() {
                 out.push(FieldError::new(

@@ -51,6 +51,9 @@ pub const APPROVAL_EXPIRED: &str = "approval.expired";
 /// A run's or agent's takeover level changed (`takeoverLevel` = the new level). Recorded by the
 /// takeover handler, actor = who changed it.
 pub const TAKEOVER_CHANGED: &str = "takeover.changed";
+/// The server suggests raising an agent's earned level after a streak of clean runs (outcome
+/// `pending`; `takeoverLevel` = the level suggested). Actor `system:earned-levels`.
+pub const TAKEOVER_SUGGESTED: &str = "takeover.suggested";
 /// An environment's definition or class changed, or an agent was moved between environments.
 /// Recorded by the environment handlers.
 pub const ENVIRONMENT_CHANGED: &str = "environment.changed";
@@ -101,6 +104,7 @@ pub const ALL: &[&str] = &[
     APPROVAL_DECIDED,
     APPROVAL_EXPIRED,
     TAKEOVER_CHANGED,
+    TAKEOVER_SUGGESTED,
     ENVIRONMENT_CHANGED,
     ELEVATION_REQUESTED,
     ELEVATION_GRANTED,

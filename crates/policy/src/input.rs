@@ -127,15 +127,17 @@ impl EnvironmentContext {
     }
 
     /// From an Environment resource's spec. `emergency.allowed: true` lets an elevation raise the
-    /// cap as far as L5 (the resource has no ceiling of its own yet: the elevation's level, which
-    /// an authoriser chose, is the bound).
+    /// cap as far as `emergency.maxLevel` (default L4).
     pub fn from_spec(name: impl Into<String>, spec: &EnvironmentSpec) -> Result<Self, PolicyError> {
         let (class_max, _) = TakeoverLevel::class_defaults(spec.class);
         let max_level = match spec.max_takeover_level {
             Some(l) => TakeoverLevel::from_u8(l)?,
             None => class_max,
         };
-        let emergency_max = spec.emergency.as_ref().filter(|e| e.allowed).map(|_| TakeoverLevel::L5);
+        let emergency_max = match spec.emergency.as_ref().filter(|e| e.allowed) {
+            Some(e) => Some(TakeoverLevel::from_u8(e.max_level_or_default())?),
+            None => None,
+        };
         Ok(EnvironmentContext { name: name.into(), class: spec.class, max_level, emergency_max })
     }
 }
@@ -223,7 +225,10 @@ mod tests {
         };
         let env = EnvironmentContext::from_spec("t", &spec).unwrap();
         assert_eq!(env.max_level, TakeoverLevel::L3);
-        assert_eq!(env.emergency_max, Some(TakeoverLevel::L5));
+        assert_eq!(env.emergency_max, Some(TakeoverLevel::L4), "the default emergency ceiling");
+        let mut spec = spec;
+        spec.emergency = Some(EmergencySettings { allowed: true, max_level: Some(5), ..Default::default() });
+        assert_eq!(EnvironmentContext::from_spec("t", &spec).unwrap().emergency_max, Some(TakeoverLevel::L5));
 
         let bad = EnvironmentSpec { max_takeover_level: Some(7), ..Default::default() };
         assert_eq!(EnvironmentContext::from_spec("x", &bad), Err(PolicyError::InvalidLevel { value: 7 }));

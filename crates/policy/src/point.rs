@@ -52,6 +52,13 @@ impl DecisionPoint {
             }
             c.apply(input, &mut d);
         }
+        self.refine(input, d)
+    }
+
+    /// Step 3 of [`DecisionPoint::decide`] alone: let the Policies tighten a decision the caller
+    /// made by other rules. Admission uses it for run starts, whose built-in rule is not the tool
+    /// table (see `docs/governance.md`, "Run starts"). Same guarantees: only tighter, fail closed.
+    pub fn refine(&self, input: &DecisionInput, mut d: Decision) -> Decision {
         if d.verdict != Verdict::Deny && !self.policies.is_empty() {
             d.normalize_obligations();
             match rego_input(input, &d, &self.limits) {

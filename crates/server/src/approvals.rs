@@ -106,7 +106,13 @@ pub async fn request_for_run(st: &AppState, run: Value, actor: &Actor) -> Value 
                 "critical": true,
                 "argumentsSummary": format!("start agentrun/{name} (agent {agent}) at L{level} in environment {}", env.as_deref().unwrap_or("-")),
             },
-            "reason": format!("starting a run in production above L1 needs an approval (effective level L{level})"),
+            "reason": status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == agentplane_control::controller::AWAITING_APPROVAL_CONDITION)
+                .map(|c| c.message.clone())
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| format!("starting this run at L{level} needs an approval")),
             "environment": env,
             "approvers": approvers,
             "expiresAt": expires,
@@ -478,6 +484,15 @@ pub async fn request_elevation(
             "minutes",
             format!(
                 "minutes = {minutes} is above environment {env}'s emergency limit of {max_minutes} minutes (spec.emergency.maxMinutes)"
+            ),
+        ));
+    }
+    let max_level = emergency.max_level_or_default();
+    if level > max_level {
+        return Err(bad(
+            "level",
+            format!(
+                "level = {level} is above environment {env}'s emergency limit of L{max_level} (spec.emergency.maxLevel); ask for L{max_level} or less"
             ),
         ));
     }

@@ -185,6 +185,20 @@ pub struct GovernanceConfig {
     pub approval_ttl_minutes: u64,
     /// How often expired approvals are looked for (seconds).
     pub approval_sweep_seconds: u64,
+    /// Earned levels follow each Agent's track record: a streak of clean runs suggests a raise,
+    /// a failure rate above the threshold lowers the level. `false` leaves levels to humans.
+    pub earned_levels: bool,
+    /// Clean runs in a row (Succeeded, no denied or failed action in the ledger) after which a
+    /// raise of the earned level is suggested.
+    pub suggest_after_clean_runs: u32,
+    /// The last N finished runs over which the failure rate is measured.
+    pub failure_window_runs: u32,
+    /// Fewest finished runs in the window before the rate can lower a level.
+    pub failure_min_runs: u32,
+    /// Failure rate (0–1] at or above which the earned level is lowered by one.
+    pub failure_rate_threshold: f64,
+    /// The automatic lowering never goes below this level.
+    pub lowest_earned_level: u8,
 }
 
 impl Default for GovernanceConfig {
@@ -194,6 +208,12 @@ impl Default for GovernanceConfig {
             production_start_approval: true,
             approval_ttl_minutes: 60,
             approval_sweep_seconds: 10,
+            earned_levels: true,
+            suggest_after_clean_runs: 20,
+            failure_window_runs: 20,
+            failure_min_runs: 10,
+            failure_rate_threshold: 0.5,
+            lowest_earned_level: 1,
         }
     }
 }
@@ -558,6 +578,31 @@ impl Config {
             return Err(ConfigError(
                 "governance.approval_ttl_minutes and governance.approval_sweep_seconds must be at least 1".into(),
             ));
+        }
+        let g = &self.governance;
+        if g.suggest_after_clean_runs == 0 || g.failure_window_runs == 0 || g.failure_min_runs == 0 {
+            return Err(ConfigError(
+                "governance.suggest_after_clean_runs, failure_window_runs and failure_min_runs must be at least 1"
+                    .into(),
+            ));
+        }
+        if g.failure_min_runs > g.failure_window_runs {
+            return Err(ConfigError(format!(
+                "governance.failure_min_runs = {} cannot exceed governance.failure_window_runs = {}",
+                g.failure_min_runs, g.failure_window_runs
+            )));
+        }
+        if !(g.failure_rate_threshold > 0.0 && g.failure_rate_threshold <= 1.0) {
+            return Err(ConfigError(format!(
+                "governance.failure_rate_threshold = {} must be above 0 and at most 1",
+                g.failure_rate_threshold
+            )));
+        }
+        if !(1..=5).contains(&g.lowest_earned_level) {
+            return Err(ConfigError(format!(
+                "governance.lowest_earned_level = {} must be a takeover level from 1 to 5",
+                g.lowest_earned_level
+            )));
         }
         let a = &self.auth;
         if a.rate_limit_per_second > 0 && a.rate_limit_burst == 0 {

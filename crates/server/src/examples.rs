@@ -70,7 +70,12 @@ pub async fn load_dir(store: &dyn Store, dir: &Path) -> Result<LoadReport, Strin
                 .to_string();
             let name = doc.pointer("/metadata/name").and_then(Value::as_str).map(str::to_string);
             let res = admit(kind, &ns, name.as_deref(), doc).map_err(|e| format!("{}: {}", at(), e.message))?;
-            let (result, _) = apply(store, &cache, &res, None, &Actor::system("dev-examples"))
+            let subject = agentplane_policy::Subject {
+                kind: agentplane_policy::SubjectKind::User,
+                id: "system:dev-examples".into(),
+                roles: vec!["admin".into()],
+            };
+            let (result, _) = apply(store, &cache, &res, None, &Actor::system("dev-examples"), &subject)
                 .await
                 .map_err(|e| format!("{}: {}", at(), e.message))?;
             match result {

@@ -12,6 +12,7 @@ pub mod approvals;
 pub mod auth;
 pub mod body;
 pub mod config;
+pub mod earned;
 pub mod error;
 pub mod examples;
 pub mod ledger;
@@ -277,6 +278,11 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         Duration::from_secs(config.governance.approval_sweep_seconds),
         rx.clone(),
     ));
+    let earned = config.governance.earned_levels.then(|| {
+        tokio::spawn(
+            earned::EarnedLevels::new(store.clone(), earned::Rules::from_config(&config.governance)).run(rx.clone()),
+        )
+    });
     let admission_cache = admission::AdmissionCache::new(&config.governance);
     let state = Arc::new(AppState {
         store: store.clone(),
@@ -315,6 +321,9 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
             let _ = r.await;
         }
         let _ = expiry.await;
+        if let Some(e) = earned {
+            let _ = e.await;
+        }
         let _ = checkpointer.await;
         store.close().await?;
         tracing::info!("store flushed and closed");

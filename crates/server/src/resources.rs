@@ -133,8 +133,26 @@ pub fn admit(kind: Kind, namespace: &str, url_name: Option<&str>, mut value: Val
         meta.creation_timestamp = None;
     }
     let mut res = res.default_and_validate()?;
+    if let AnyResource::Policy(policy) = &res {
+        check_policy(policy)?;
+    }
     res.clear_status();
     Ok(res)
+}
+
+/// Compile an enabled Policy's Rego modules (and evaluate them once on a sample input), so that a
+/// module that does not parse is rejected on apply with its line, not found when a call is decided.
+fn check_policy(policy: &agentplane_api::Policy) -> Result<(), ApiError> {
+    if !policy.spec.enabled {
+        return Ok(());
+    }
+    match agentplane_policy::RegoPolicy::from_resource(policy) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let field = e.field_path().unwrap_or_else(|| "spec.modules".to_owned());
+            Err(field_err(&field, Reason::InvalidPolicy, format!("{e}; fix the Rego module and apply again")))
+        }
+    }
 }
 
 /// Create-or-update one admitted resource. With `cas`, a compare-and-swap update of an existing
@@ -145,13 +163,14 @@ pub async fn apply(
     res: &AnyResource,
     cas: Option<Revision>,
     actor: &Actor,
+    subject: &agentplane_policy::Subject,
 ) -> Result<(ApplyResult, Value), ApiError> {
     let updated = || resource_audit(actor.clone(), actions::RESOURCE_UPDATED);
     let (ns, name) = res.key();
     let key = ObjectKey::new(res.kind(), ns, name);
     // Runs are admitted (defaults from their Agent) before comparing, so that re-applying the
     // same manifest is "unchanged".
-    let admitted = new_object(store, cache, res).await?;
+    let admitted = new_object(store, cache, res, subject).await?;
     let mut desired = admitted.clone();
     strip_server_meta(&mut desired);
     if let Some(rv) = cas {
@@ -204,9 +223,14 @@ fn changed_or_not(before: &Value, after: &Value) -> ApplyResult {
 
 /// The object to create for `res`: admitted (runs get references resolved, defaults and their
 /// initial status), server-owned metadata cleared.
-async fn new_object(store: &dyn Store, cache: &AdmissionCache, res: &AnyResource) -> Result<Value, ApiError> {
+async fn new_object(
+    store: &dyn Store,
+    cache: &AdmissionCache,
+    res: &AnyResource,
+    subject: &agentplane_policy::Subject,
+) -> Result<Value, ApiError> {
     let mut res = res.clone();
-    crate::admission::admit_new(store, cache, &mut res).await?;
+    crate::admission::admit_new(store, cache, &mut res, subject).await?;
     let mut obj = res.to_value();
     strip_server_meta_keep_status(&mut obj);
     strip_submitter(&mut obj);
@@ -305,7 +329,14 @@ pub async fn create(
         apply_idempotency_header(&headers, &mut doc)?;
     }
     let mut res = admit(kind, &ns, None, doc)?;
-    crate::admission::admit_new(st.store.as_ref(), &st.admission_cache, &mut res).await?;
+    if let Err(e) =
+        crate::admission::admit_new(st.store.as_ref(), &st.admission_cache, &mut res, &principal.policy_subject(&ns))
+            .await
+    {
+        let name = res.meta().name.clone();
+        crate::admission::record_denied(st.store.as_ref(), &principal.actor(), &ns, &name, &e).await;
+        return Err(e);
+    }
     let mut obj = res.to_value();
     strip_server_meta_keep_status(&mut obj);
     let actor = principal.actor();
@@ -409,7 +440,11 @@ pub async fn put(
         }
     };
     let res = admit(kind, &ns, Some(&name), doc)?;
-    let applied = apply(st.store.as_ref(), &st.admission_cache, &res, cas, &principal.actor()).await;
+    let subject = principal.policy_subject(&ns);
+    let applied = apply(st.store.as_ref(), &st.admission_cache, &res, cas, &principal.actor(), &subject).await;
+    if let Err(e) = &applied {
+        crate::admission::record_denied(st.store.as_ref(), &principal.actor(), &ns, &name, e).await;
+    }
     st.admission_cache.invalidate(&ObjectKey::new(kind, ns.clone(), name.clone()));
     let (result, stored) = applied?;
     let stored = if kind == Kind::AgentRun && result == ApplyResult::Created {

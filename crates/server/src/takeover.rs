@@ -114,7 +114,7 @@ fn encode<T: serde::Serialize>(v: &T) -> Result<Value, ApiError> {
     })
 }
 
-fn push_history(h: &mut Vec<LevelChange>, change: LevelChange) {
+pub(crate) fn push_history(h: &mut Vec<LevelChange>, change: LevelChange) {
     h.push(change);
     if h.len() > HISTORY_KEPT {
         let drop = h.len() - HISTORY_KEPT;
@@ -208,6 +208,11 @@ pub async fn set(
                 }
                 status.earned_takeover_level = Some(to);
                 status.updated_at = Some(now);
+                // A human decided: a pending suggestion and an automatic lowering are settled.
+                status.level_suggestion = None;
+                status.conditions.retain(|c| {
+                    c.type_ != crate::earned::SUGGESTED_CONDITION && c.type_ != crate::earned::LOWERED_CONDITION
+                });
                 let change = LevelChange { at: now, by: by.clone(), from, to, reason: reason.clone() };
                 push_history(&mut status.takeover_history, change);
                 set_part(&mut next, "status", encode(&status)?);

@@ -215,6 +215,9 @@ async fn emergency_elevation_is_requested_granted_by_an_authoriser_and_reverts()
     let (code, v) = elevate(adm.clone(), "prod", json!({"level": 4, "minutes": 45, "reason": "incident"})).await;
     assert_eq!((code, v["field"].as_str()), (400, Some("minutes")), "{v}");
     assert!(v["message"].as_str().unwrap().contains("emergency limit of 30 minutes"), "{v}");
+    let (code, v) = elevate(adm.clone(), "prod", json!({"level": 5, "minutes": 5, "reason": "incident"})).await;
+    assert_eq!((code, v["field"].as_str()), (400, Some("level")), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("emergency limit of L4 (spec.emergency.maxLevel)"), "{v}");
     let (code, v) = elevate(adm.clone(), "prod", json!({"level": 2, "minutes": 5, "reason": "incident"})).await;
     assert_eq!((code, v["field"].as_str()), (400, Some("level")), "{v}");
     let (code, v) = elevate(adm.clone(), "prod", json!({"level": 4, "minutes": 5})).await;

@@ -149,3 +149,91 @@ async fn changes_without_a_reason_or_out_of_range_are_refused() {
     assert_eq!(v["changedBy"], "user:ops");
     t.stop().await;
 }
+
+fn policy(name: &str, rego: &str) -> Value {
+    let mut m = manifest("Policy", name);
+    m["spec"] = json!({"modules": [{"name": "main", "rego": rego}]});
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_are_compiled_on_apply_and_tighten_run_starts() {
+    let t = TestServer::start_with(|c| c.controller.enabled = false).await;
+    run_prerequisites(&t, NS).await;
+    env(&t, "prod", json!({"class": "production", "approvers": ["ann"]})).await;
+
+    // A module that does not parse is rejected on apply, with its line; nothing is stored.
+    let bad = policy("broken", "package agentplane\n\ndecision := {\"verdict\": \"deny\"} if {\n  input.x ==\n}\n");
+    let (code, v) = t.post(NS, "policies", &bad).await;
+    assert_eq!(code, 400, "{v}");
+    let e = &v["details"]["errors"][0];
+    assert_eq!(
+        (e["field"].as_str(), e["reason"].as_str()),
+        (Some("spec.modules[0].rego"), Some("InvalidPolicy")),
+        "{v}"
+    );
+    assert!(e["message"].as_str().unwrap().contains("line "), "{v}");
+    assert_eq!(t.get(&t.item(NS, "policies", "broken")).await.0, 404);
+    // So is one that defines no decision, through PUT too.
+    let (code, _, v) = t.put(NS, "policies", "nodecision", &policy("nodecision", "package agentplane\nx := 1\n")).await;
+    assert_eq!(code, 400, "{v}");
+
+    // A policy that denies runs of agent `a` started by anyone but an admin.
+    let deny = policy(
+        "only-admins-start-a",
+        "package agentplane\n\ndecision := {\"verdict\": \"deny\", \"reasons\": [{\"code\": \"AdminsOnly\", \"message\": \"only admins start agent a\"}]} if {\n  input.action.tool == \"agentplane.run.start\"\n  input.action.arguments.agent == \"a\"\n  not \"admin\" in input.subject.roles\n}\n",
+    );
+    assert_eq!(t.post(NS, "policies", &deny).await.0, 201);
+    let sub = client_with(&t.token("sam", "submitter", Some(NS)).await);
+    let r = sub.post(t.coll(NS, "agentruns")).json(&manifest("AgentRun", "by-sam")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 422);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["code"], "PolicyDenied", "{v}");
+    assert!(v["message"].as_str().unwrap().contains("only admins start agent a"), "{v}");
+    assert_eq!(v["details"]["decision"]["reasons"][0]["source"], "policy:only-admins-start-a", "{v}");
+    assert_eq!(t.get(&t.item(NS, "agentruns", "by-sam")).await.0, 404, "nothing was created");
+    let (_, l) = t.get(&t.url("/api/v1/ledger/entries?action=policy.decided")).await;
+    let denied = l["entries"].as_array().unwrap();
+    assert_eq!(denied.len(), 1, "{l}");
+    assert_eq!((denied[0]["outcome"].as_str(), denied[0]["run"].as_str()), (Some("denied"), Some("by-sam")));
+    assert_eq!(denied[0]["actor"]["id"], "sam");
+    // The admin (the test client) may.
+    assert_eq!(t.post(NS, "agentruns", &manifest("AgentRun", "by-admin")).await.0, 201);
+
+    // A policy that asks for approval in test environments: the run waits like a production one.
+    let approve = policy(
+        "approve-in-test",
+        "package agentplane\n\ndecision := {\"verdict\": \"require_approval\", \"reasons\": [\"runs in qa need a look\"]} if {\n  input.environment.class == \"test\"\n}\n",
+    );
+    assert_eq!(t.post(NS, "policies", &approve).await.0, 201);
+    env(&t, "qa", json!({"class": "test"})).await;
+    let mut m = manifest("AgentRun", "in-qa");
+    m["spec"]["environment"] = json!("qa");
+    let (code, v) = t.post(NS, "agentruns", &m).await;
+    assert_eq!(code, 201, "{v}");
+    let waiting =
+        v["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "AwaitingApproval").cloned();
+    let waiting = waiting.unwrap_or_else(|| panic!("no AwaitingApproval in {v}"));
+    assert!(waiting["message"].as_str().unwrap().contains("runs in qa need a look"), "{waiting}");
+    let (code, a) = t.get(&t.item(NS, "approvals", "in-qa-start")).await;
+    assert_eq!(code, 200, "{a}");
+    assert!(a["spec"]["reason"].as_str().unwrap().contains("runs in qa need a look"), "{a}");
+
+    // A policy that loops is accepted (the sample input may not reach the loop) but denies when
+    // it runs out of time: fail closed, with the reason.
+    let looping = policy(
+        "loops",
+        "package agentplane\n\nn := count([x | some x in numbers.range(1, 99999); some y in numbers.range(1, 99999); x == y])\n\ndecision := {\"verdict\": \"allow\"} if {\n  input.action.tool == \"agentplane.run.start\"\n  n > 0\n}\n",
+    );
+    assert_eq!(t.post(NS, "policies", &looping).await.0, 201, "a slow policy is not a syntax error");
+    let (code, v) = t.post(NS, "agentruns", &manifest("AgentRun", "slow")).await;
+    assert_eq!(code, 422, "{v}");
+    let reasons = v["details"]["decision"]["reasons"].as_array().unwrap();
+    assert!(reasons.iter().any(|r| r["code"] == "PolicyError" && r["source"] == "policy:loops"), "{v}");
+    // Deleting the policies lets runs start again.
+    for p in ["loops", "approve-in-test", "only-admins-start-a"] {
+        assert_eq!(t.delete(NS, "policies", p).await.0, 200);
+    }
+    assert_eq!(t.post(NS, "agentruns", &manifest("AgentRun", "free")).await.0, 201);
+    t.stop().await;
+}

@@ -149,6 +149,25 @@ impl Principal {
         }
     }
 
+    /// The subject the decision point sees: the user (token name or `oidc:<sub>`) with the role
+    /// names granted in `namespace` or cluster-wide, or the agent of a run.
+    pub fn policy_subject(&self, namespace: &str) -> agentplane_policy::Subject {
+        let actor = self.actor();
+        let mut roles: Vec<String> = self
+            .grants
+            .iter()
+            .filter(|g| g.namespace.as_deref().is_none_or(|n| n == namespace))
+            .map(|g| g.role.as_str().to_string())
+            .collect();
+        roles.sort();
+        roles.dedup();
+        let kind = match self.subject {
+            Subject::Run { .. } => agentplane_policy::SubjectKind::Agent,
+            _ => agentplane_policy::SubjectKind::User,
+        };
+        agentplane_policy::Subject { kind, id: actor.id, roles }
+    }
+
     /// The rate-limit bucket.
     fn rate_key(&self) -> String {
         match &self.subject {

@@ -158,7 +158,9 @@ pub fn manifest(kind: &str, name: &str) -> Value {
         "Approval" => {
             json!({"subject": "agent:a", "operation": {"tool": "exec"}, "reason": "needs a human", "expiresAt": "2026-12-01T00:00:00Z"})
         }
-        "Policy" => json!({"modules": [{"name": "m", "rego": "package agentplane\n"}]}),
+        "Policy" => {
+            json!({"modules": [{"name": "m", "rego": "package agentplane\n\ndecision := {\"verdict\": \"deny\", \"reasons\": [\"never\"]} if {\n  input.action.tool == \"never.used\"\n}\n"}]})
+        }
         other => panic!("no manifest for {other}"),
     };
     json!({"apiVersion": "agentplane.dev/v1alpha1", "kind": kind, "metadata": {"name": name, "labels": {"app": "test"}}, "spec": spec})
