@@ -134,7 +134,7 @@ mod tests {
             assert!(!subject.is_empty() && !verb.is_empty() && !verb.contains('.'), "{name}");
             assert!(name.bytes().all(|b| b.is_ascii_lowercase() || b == b'.' || b == b'_'), "{name}");
         }
-        assert_eq!(ALL.len(), 24);
+        assert_eq!(ALL.len(), 25);
         assert!(is_known("run.finished") && !is_known("run.exploded"));
     }
 }

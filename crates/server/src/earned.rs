@@ -544,9 +544,11 @@ mod tests {
         assert_eq!(t.observe(&run(7, false), &r), Next::Nothing);
         assert_eq!(t.observe(&run(8, true), &r), Next::Nothing, "1 of 3");
         assert_eq!(t.observe(&run(9, true), &r), Next::Lower { failed: 2, total: 4 });
-        // The window slides: the oldest falls out.
-        assert_eq!(t.observe(&run(10, false), &r), Next::Lower { failed: 2, total: 4 });
-        assert_eq!(t.observe(&run(11, false), &r), Next::Nothing, "1 of 4 within the window");
+        // A success never lowers; the window slides, the oldest falls out.
+        assert_eq!(t.observe(&run(10, false), &r), Next::Nothing, "2 of 4, but a success");
+        assert_eq!(t.observe(&run(11, false), &r), Next::Nothing);
+        // [9F, 10, 11, 12F]: run 8's failure fell out of the window, 2 of 4 remain.
+        assert_eq!(t.observe(&run(12, true), &r), Next::Lower { failed: 2, total: 4 });
     }
 
     #[test]
