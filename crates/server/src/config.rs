@@ -276,6 +276,9 @@ pub struct OidcConfig {
     pub leeway_seconds: u64,
     /// An unknown key id refetches the JWKS at most this often (seconds).
     pub jwks_refetch_min_seconds: u64,
+    /// PEM file of CA certificates trusted for the issuer's HTTPS endpoints, in addition to the
+    /// system's roots (for an identity provider with a private CA).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for OidcConfig {
@@ -288,6 +291,7 @@ impl Default for OidcConfig {
             algorithms: vec!["RS256".into(), "ES256".into()],
             leeway_seconds: 30,
             jwks_refetch_min_seconds: 30,
+            ca_file: None,
         }
     }
 }
@@ -381,6 +385,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("AGENTPLANE_AUTH_OIDC_ISSUER", "auth.oidc.issuer"),
     ("AGENTPLANE_AUTH_OIDC_AUDIENCE", "auth.oidc.audience"),
     ("AGENTPLANE_AUTH_OIDC_JWKS_URL", "auth.oidc.jwks_url"),
+    ("AGENTPLANE_AUTH_OIDC_CA_FILE", "auth.oidc.ca_file"),
 ];
 
 fn parse<T: std::str::FromStr>(var: &str, v: &str) -> Result<T, ConfigError> {
@@ -457,6 +462,9 @@ impl Config {
                 "AGENTPLANE_AUTH_RATE_LIMIT_PER_SECOND" => c.auth.rate_limit_per_second = parse(var, v)?,
                 "AGENTPLANE_AUTH_RATE_LIMIT_BURST" => c.auth.rate_limit_burst = parse(var, v)?,
                 "AGENTPLANE_AUTH_OIDC_ISSUER" => c.auth.oidc.get_or_insert_with(OidcConfig::default).issuer = v.clone(),
+                "AGENTPLANE_AUTH_OIDC_CA_FILE" => {
+                    c.auth.oidc.get_or_insert_with(OidcConfig::default).ca_file = Some(PathBuf::from(v))
+                }
                 "AGENTPLANE_AUTH_OIDC_AUDIENCE" => {
                     c.auth.oidc.get_or_insert_with(OidcConfig::default).audience = v.clone()
                 }
@@ -612,6 +620,15 @@ impl Config {
             if o.issuer.is_empty() || o.audience.is_empty() {
                 return Err(ConfigError("auth.oidc needs issuer and audience".into()));
             }
+            for (field, url) in [("auth.oidc.issuer", Some(&o.issuer)), ("auth.oidc.jwks_url", o.jwks_url.as_ref())] {
+                if let Some(url) = url
+                    && !key_url_is_safe(url)
+                {
+                    return Err(ConfigError(format!(
+                        "{field} = {url:?}: signing keys are fetched only over https (plain http only from 127.0.0.1, ::1 or localhost)"
+                    )));
+                }
+            }
             if o.roles_claim.is_empty() || o.jwks_refetch_min_seconds == 0 || o.leeway_seconds > 300 {
                 return Err(ConfigError(
                     "auth.oidc: roles_claim must be set, jwks_refetch_min_seconds at least 1, leeway_seconds at most 300"
@@ -640,6 +657,18 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_come_over_https_or_from_this_machine() {
+        for ok in
+            ["https://idp.example.com/realms/a", "http://127.0.0.1:8080/x", "http://localhost/x", "http://[::1]:9/x"]
+        {
+            assert!(key_url_is_safe(ok), "{ok}");
+        }
+        for bad in ["http://idp.example.com/x", "http://10.0.0.1/x", "ftp://h/x", "not a url", "file:///etc/keys"] {
+            assert!(!key_url_is_safe(bad), "{bad}");
+        }
+    }
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect()
@@ -759,5 +788,22 @@ mod tests {
             Config::load(&ServerArgs { store_synchronous: Some("sometimes".into()), ..Default::default() }, &env(&[]))
                 .unwrap_err();
         assert!(e.to_string().contains("sometimes"));
+    }
+}
+
+/// Whether keys may be fetched from `url`: https anywhere, plain http only from this machine.
+pub fn key_url_is_safe(url: &str) -> bool {
+    match reqwest::Url::parse(url) {
+        Ok(u) if u.scheme() == "https" => true,
+        Ok(u) if u.scheme() == "http" => match u.host_str() {
+            Some("localhost") => true,
+            Some(h) => h
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback()),
+            None => false,
+        },
+        _ => false,
     }
 }

@@ -273,3 +273,146 @@ async fn unknown_kids_refetch_the_jwks_at_most_once_per_interval() {
     assert_eq!(idp.fetches(), 2);
     t.stop().await;
 }
+
+/// An identity provider over HTTPS: `openssl s_server -WWW` (a real TLS server) serving the
+/// discovery document and the JWKS from a folder, with a certificate for 127.0.0.1 signed by
+/// itself. Needs the `openssl` command (part of this machine image); fails saying so otherwise.
+struct TlsIdp {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    issuer: String,
+}
+
+impl TlsIdp {
+    fn start(keys: Vec<Value>) -> TlsIdp {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        // A private CA, and a server certificate for 127.0.0.1 that it signs.
+        std::fs::write(
+            dir.path().join("leaf.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+        let steps: [&[&str]; 3] = [
+            &[
+                &["req", "-x509"],
+                &ec[..],
+                &["-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=agentplane test CA"],
+            ]
+            .concat(),
+            &[&["req"], &ec[..], &["-keyout", "key.pem", "-out", "leaf.csr", "-subj", "/CN=127.0.0.1"]].concat(),
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "leaf.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "cert.pem",
+                "-days",
+                "1",
+                "-extfile",
+                "leaf.ext",
+            ],
+        ];
+        for args in steps {
+            let status = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .expect("the openssl command is needed for the HTTPS JWKS test (apt-get install openssl)");
+            assert!(status.success(), "openssl {args:?} failed");
+        }
+        let mut child = std::process::Command::new("openssl")
+            .args(["s_server", "-accept", "0", "-cert", "cert.pem", "-key", "key.pem", "-WWW"])
+            .current_dir(dir.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl s_server");
+        // Read the port from its "ACCEPT [::]:PORT" line, then keep draining its output so that
+        // it never blocks on a full pipe.
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.strip_prefix("ACCEPT ") {
+                    let _ = tx.send(rest.rsplit(':').next().and_then(|p| p.trim().parse::<u16>().ok()));
+                }
+            }
+        });
+        let port = rx
+            .recv_timeout(Duration::from_secs(30))
+            .ok()
+            .flatten()
+            .expect("openssl s_server did not say which port it accepts on");
+        let issuer = format!("https://127.0.0.1:{port}/realm");
+        std::fs::create_dir_all(dir.path().join("realm/.well-known")).unwrap();
+        std::fs::write(
+            dir.path().join("realm/.well-known/openid-configuration"),
+            json!({"issuer": issuer, "jwks_uri": format!("{issuer}/jwks.json")}).to_string(),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("realm/jwks.json"), json!({"keys": keys}).to_string()).unwrap();
+        TlsIdp { child, dir, issuer }
+    }
+
+    fn config(&self, ca: bool) -> agentplane_server::config::OidcConfig {
+        agentplane_server::config::OidcConfig {
+            issuer: self.issuer.clone(),
+            audience: AUDIENCE.into(),
+            ca_file: ca.then(|| self.dir.path().join("ca.pem")),
+            ..Default::default()
+        }
+    }
+}
+
+impl Drop for TlsIdp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_discovered_and_fetched_over_https_with_a_private_ca() {
+    use agentplane_server::auth::oidc::OidcVerifier;
+    let idp = TlsIdp::start(vec![rsa_jwk("rsa1")]);
+    let c = json!({"iss": idp.issuer, "aud": AUDIENCE, "sub": "alice", "exp": now() + 300, "roles": ["viewer"]});
+    let token = sign_rs("rsa1", &c);
+
+    // Trusting the IdP's CA: discovery and the JWKS over TLS, the token verifies.
+    let v = OidcVerifier::new(idp.config(true)).unwrap();
+    let id = v.verify(&token).await.unwrap();
+    assert_eq!(id.subject, "alice");
+    assert_eq!(v.jwks_fetches(), 1);
+
+    // Without the CA the certificate is not trusted: no keys, the token is refused.
+    let v = OidcVerifier::new(idp.config(false)).unwrap();
+    assert!(v.verify(&token).await.is_err());
+
+    // Plain http from another machine is refused by the configuration.
+    let mut cfg = agentplane_server::Config::default();
+    cfg.auth.oidc = Some(agentplane_server::config::OidcConfig {
+        issuer: "http://idp.example.com/realm".into(),
+        audience: AUDIENCE.into(),
+        ..Default::default()
+    });
+    let e = cfg.check().unwrap_err().to_string();
+    assert!(e.contains("only over https"), "{e}");
+    // A CA file that is not a certificate is a clear error.
+    let bad = idp.dir.path().join("key.pem");
+    let mut cfg = idp.config(true);
+    cfg.ca_file = Some(bad);
+    let e = OidcVerifier::new(cfg).unwrap_err();
+    assert!(e.contains("ca_file"), "{e}");
+}

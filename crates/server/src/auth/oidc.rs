@@ -2,6 +2,9 @@
 //! key id; an unknown kid refetches the JWKS at most once per `jwks_refetch_min_seconds`), then
 //! `iss`, `aud`, `exp` and `nbf` (with a small leeway), against an explicit algorithm list
 //! (never `none`, never HMAC). Roles come from a configurable claim.
+//!
+//! Keys are fetched over HTTPS (system roots plus `auth.oidc.ca_file`); plain http is accepted
+//! only from this machine (config validation, `key_url_is_safe`).
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -92,10 +95,20 @@ fn family_of(alg: Algorithm) -> AlgorithmFamily {
 impl OidcVerifier {
     pub fn new(cfg: OidcConfig) -> Result<OidcVerifier, String> {
         let algorithms = parse_algorithms(&cfg.algorithms)?;
-        let http = reqwest::Client::builder()
-            .timeout(FETCH_TIMEOUT)
-            .build()
-            .map_err(|e| format!("cannot build the JWKS HTTP client: {e}"))?;
+        let mut builder = reqwest::Client::builder().timeout(FETCH_TIMEOUT);
+        if let Some(path) = &cfg.ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("auth.oidc.ca_file {}: cannot read it: {e}", path.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| format!("auth.oidc.ca_file {}: not a PEM certificate bundle: {e}", path.display()))?;
+            if certs.is_empty() {
+                return Err(format!("auth.oidc.ca_file {}: holds no certificate", path.display()));
+            }
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder.build().map_err(|e| format!("cannot build the JWKS HTTP client: {e}"))?;
         Ok(OidcVerifier {
             cfg,
             algorithms,
@@ -148,10 +161,17 @@ impl OidcVerifier {
                     .json()
                     .await
                     .map_err(|e| format!("OIDC discovery {url}: {e}"))?;
-                doc.get("jwks_uri")
+                let uri = doc
+                    .get("jwks_uri")
                     .and_then(Value::as_str)
                     .map(str::to_string)
-                    .ok_or_else(|| format!("OIDC discovery {url}: no jwks_uri"))
+                    .ok_or_else(|| format!("OIDC discovery {url}: no jwks_uri"))?;
+                if !crate::config::key_url_is_safe(&uri) {
+                    return Err(format!(
+                        "OIDC discovery {url}: jwks_uri {uri:?} is not https (plain http only from this machine)"
+                    ));
+                }
+                Ok(uri)
             })
             .await
             .cloned()
