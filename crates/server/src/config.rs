@@ -654,6 +654,23 @@ impl Config {
     }
 }
 
+/// Whether keys may be fetched from `url`: https anywhere, plain http only from this machine.
+pub fn key_url_is_safe(url: &str) -> bool {
+    match reqwest::Url::parse(url) {
+        Ok(u) if u.scheme() == "https" => true,
+        Ok(u) if u.scheme() == "http" => match u.host_str() {
+            Some("localhost") => true,
+            Some(h) => h
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback()),
+            None => false,
+        },
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -788,22 +805,5 @@ mod tests {
             Config::load(&ServerArgs { store_synchronous: Some("sometimes".into()), ..Default::default() }, &env(&[]))
                 .unwrap_err();
         assert!(e.to_string().contains("sometimes"));
-    }
-}
-
-/// Whether keys may be fetched from `url`: https anywhere, plain http only from this machine.
-pub fn key_url_is_safe(url: &str) -> bool {
-    match reqwest::Url::parse(url) {
-        Ok(u) if u.scheme() == "https" => true,
-        Ok(u) if u.scheme() == "http" => match u.host_str() {
-            Some("localhost") => true,
-            Some(h) => h
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback()),
-            None => false,
-        },
-        _ => false,
     }
 }
