@@ -305,6 +305,7 @@ pub async fn create(
         apply_idempotency_header(&headers, &mut doc)?;
     }
     let mut res = admit(kind, &ns, None, doc)?;
+    crate::sandbox::check_limits(&st.config.sandbox, &res)?;
     crate::admission::admit_new(st.store.as_ref(), &st.admission_cache, &mut res).await?;
     let mut obj = res.to_value();
     strip_server_meta_keep_status(&mut obj);
@@ -409,6 +410,7 @@ pub async fn put(
         }
     };
     let res = admit(kind, &ns, Some(&name), doc)?;
+    crate::sandbox::check_limits(&st.config.sandbox, &res)?;
     let applied = apply(st.store.as_ref(), &st.admission_cache, &res, cas, &principal.actor()).await;
     st.admission_cache.invalidate(&ObjectKey::new(kind, ns.clone(), name.clone()));
     let (result, stored) = applied?;
