@@ -222,12 +222,15 @@ impl Report {
         }
     }
 
-    /// The first required protection that is not applied, with why.
+    /// The first required protection that was asked for but is unavailable, with why. A
+    /// protection that is disabled (not asked for, e.g. no memory limit or `network: open`) is
+    /// not missing; one not reported is not checked here.
     pub fn missing<'a>(&'a self, required: &'a [String]) -> Option<(&'a str, String)> {
         required.iter().find_map(|r| match self.get(r) {
-            Some(p) if p.status == ProtectionState::Applied => None,
-            Some(p) => Some((r.as_str(), format!("{} ({})", p.status.as_str(), p.reason.as_deref().unwrap_or("-")))),
-            None => Some((r.as_str(), "not reported".to_string())),
+            Some(p) if p.status == ProtectionState::Unavailable => {
+                Some((r.as_str(), format!("unavailable ({})", p.reason.as_deref().unwrap_or("-"))))
+            }
+            _ => None,
         })
     }
 
@@ -324,8 +327,9 @@ mod tests {
     fn report_names_the_first_missing_requirement() {
         let mut r = Report::default();
         r.set(Protection::applied(names::RLIMITS, None));
+        r.set(Protection::disabled(names::MEMORY_CGROUP, "no limit"));
         r.set(Protection::unavailable(names::FILESYSTEM, "no landlock"));
-        let req = vec![names::RLIMITS.to_string(), names::FILESYSTEM.to_string()];
+        let req = vec![names::RLIMITS.to_string(), names::FILESYSTEM.to_string(), names::MEMORY_CGROUP.to_string()];
         let (n, why) = r.missing(&req).unwrap();
         assert_eq!(n, names::FILESYSTEM);
         assert!(why.contains("no landlock"));

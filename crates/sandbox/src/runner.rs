@@ -224,6 +224,51 @@ fn outer(inv: &Invocation, policy: &Policy) -> i32 {
             report.set(Protection::disabled(names::MEMORY_CGROUP, "per-run cgroups are off"));
         }
     }
+    // The output quota watcher, started now: no thread can be made after unshare(CLONE_NEWPID).
+    let quota_hit = Arc::new(AtomicBool::new(false));
+    let (pid_tx, pid_rx) = std::sync::mpsc::channel::<Option<u32>>();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let watcher = match policy.quota.clone() {
+        Some(q) => {
+            let hit = quota_hit.clone();
+            let pids_dir = pids_dir.clone();
+            let spawned = std::thread::Builder::new().name("quota".into()).spawn(move || {
+                let base = disk_usage(&q.root);
+                let Ok(Some(inner_pid)) = pid_rx.recv() else { return 0 };
+                let every = Duration::from_millis(q.interval_ms.max(10));
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(every) {
+                    let used = disk_usage(&q.root).saturating_sub(base);
+                    if used > q.bytes {
+                        hit.store(true, Ordering::SeqCst);
+                        // The inner runner first: as the pid namespace's init, everything goes with it.
+                        let _ = kill(Pid::from_raw(i32::try_from(inner_pid).unwrap_or(0)), Signal::SIGKILL);
+                        if let Some(d) = &pids_dir {
+                            cgroup::kill_all(d, i32::try_from(std::process::id()).ok());
+                        }
+                        return used;
+                    }
+                }
+                0
+            });
+            match spawned {
+                Ok(h) => {
+                    report.set(Protection::applied(
+                        names::OUTPUT_QUOTA,
+                        format!("{} bytes, checked every {} ms", q.bytes, q.interval_ms),
+                    ));
+                    Some(h)
+                }
+                Err(e) => {
+                    report.set(Protection::unavailable(names::OUTPUT_QUOTA, format!("cannot start the watcher: {e}")));
+                    None
+                }
+            }
+        }
+        None => {
+            report.set(Protection::disabled(names::OUTPUT_QUOTA, "no outputQuotaBytes limit"));
+            None
+        }
+    };
     if let Network::None = policy.network {
         report.set(match unshare(CloneFlags::CLONE_NEWNET) {
             Ok(()) => Protection::applied(names::NETWORK, "none: a new network namespace without interfaces".to_string()),
@@ -231,16 +276,16 @@ fn outer(inv: &Invocation, policy: &Policy) -> i32 {
         });
     }
     report.set(if policy.pid_namespace {
-        match unshare(CloneFlags::CLONE_NEWPID) {
+        // With a mount namespace too, so that the inner runner can mount a /proc of the new pid
+        // namespace (the agent then sees only its own processes there).
+        match unshare(CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS)
+            .or_else(|_| unshare(CloneFlags::CLONE_NEWPID))
+        {
             Ok(()) => Protection::applied(names::PID_NAMESPACE, "the agent sees only its own processes".to_string()),
             Err(e) => Protection::unavailable(names::PID_NAMESPACE, format!("unshare(CLONE_NEWPID): {e}")),
         }
     } else {
         Protection::disabled(names::PID_NAMESPACE, "pid namespaces are off")
-    });
-    report.set(match &policy.quota {
-        Some(q) => Protection::applied(names::OUTPUT_QUOTA, format!("{} bytes, checked every {} ms", q.bytes, q.interval_ms)),
-        None => Protection::disabled(names::OUTPUT_QUOTA, "no outputQuotaBytes limit"),
     });
     let cleanup = |pids_dir: &Option<PathBuf>, mem_dir: &Option<PathBuf>| {
         for (c, d) in [(Controller::Pids, pids_dir), (Controller::Memory, mem_dir)] {
@@ -308,30 +353,7 @@ fn outer(inv: &Invocation, policy: &Policy) -> i32 {
     report.sort();
     write_report(policy, &report);
 
-    // The output quota, watched while the agent runs.
-    let quota_hit = Arc::new(AtomicBool::new(false));
-    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-    let watcher = policy.quota.clone().map(|q| {
-        let hit = quota_hit.clone();
-        let pids_dir = pids_dir.clone();
-        std::thread::spawn(move || {
-            let base = disk_usage(&q.root);
-            let every = Duration::from_millis(q.interval_ms.max(10));
-            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(every) {
-                let used = disk_usage(&q.root).saturating_sub(base);
-                if used > q.bytes {
-                    hit.store(true, Ordering::SeqCst);
-                    // The inner runner first: when it is the pid namespace's init, everything goes.
-                    let _ = kill(Pid::from_raw(i32::try_from(inner_pid).unwrap_or(0)), Signal::SIGKILL);
-                    if let Some(d) = &pids_dir {
-                        cgroup::kill_all(d, i32::try_from(std::process::id()).ok());
-                    }
-                    return used;
-                }
-            }
-            0
-        })
-    });
+    let _ = pid_tx.send(Some(inner_pid));
     let status = child.wait();
     drop(stop_tx);
     let used = watcher.and_then(|w| w.join().ok()).unwrap_or(0);
@@ -403,14 +425,21 @@ fn inner(inv: &Invocation, policy: &Policy) -> i32 {
     let (pids_cg, mem_cg) = (cg(Controller::Pids), cg(Controller::Memory));
     // rlimits before the user change (RLIMIT_NPROC is checked against the new user at fork).
     report.set(apply::rlimits(&policy.limits, !pids_cg, !mem_cg));
+    // As the first process of a new pid namespace (and mount namespace), a /proc of its own
+    // (while still root).
+    let fresh_proc = nix::unistd::getpid().as_raw() == 1 && own_proc().is_ok();
     report.set(apply::identity(policy.user, "no agent user: the server does not run as root or none is configured"));
     if let Some(p) = apply::network(&policy.network) {
         report.set(p);
     }
     report.set(apply::scope_signals(policy.scope_signals));
+    let mut fs_rules = policy.filesystem.clone();
+    if fresh_proc && let Some(r) = fs_rules.as_mut() {
+        r.read.push(PathBuf::from("/proc"));
+    }
     // The filesystem rules last: the rules above need no path access, and Landlock sets
     // no_new_privs itself.
-    report.set(apply::filesystem(policy.filesystem.as_ref()));
+    report.set(apply::filesystem(fs_rules.as_ref()));
     report.set(apply::no_new_privs());
     let own: Vec<String> = report.protections.iter().map(|p| p.name.clone()).collect();
     let required_here: Vec<String> = policy.required.iter().filter(|r| own.contains(r)).cloned().collect();
@@ -439,6 +468,20 @@ fn inner(inv: &Invocation, policy: &Policy) -> i32 {
             }
         }
     }
+}
+
+/// Mounts a fresh /proc (of the current pid namespace) in the current mount namespace, after
+/// making every mount private so that nothing propagates back to the host.
+fn own_proc() -> Result<(), nix::errno::Errno> {
+    use nix::mount::{MsFlags, mount};
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)?;
+    mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
 }
 
 /// The binary's entry point: parses `std::env::args_os()`, runs, returns the exit status.

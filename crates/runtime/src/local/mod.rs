@@ -1156,12 +1156,12 @@ async fn supervise(inner: Arc<Inner>, entry: Arc<Entry>, l: Launched) {
         ),
     };
     if let Some((report, limit)) = sandbox_result {
-        status.sandbox = report;
         if let (Some((reason, msg)), RunPhase::Failed) = (limit, status.phase) {
             let code = status.exit_code;
             status = RuntimeStatus::failed(reason, msg);
             status.exit_code = code;
         }
+        status.sandbox = report;
     }
     status.artifacts = artifacts;
     status.log_truncated = dropped > 0;
