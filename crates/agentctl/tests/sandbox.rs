@@ -9,6 +9,8 @@
 //! These tests need root (to change user, mount /proc and make cgroups), as CI runs them here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
@@ -460,4 +462,59 @@ async fn secrets_as_files_are_0400_and_removed_at_the_end() {
     assert_eq!(s.phase, RunPhase::Succeeded, "{s:?}\n{log}");
     assert_eq!(log, "400\n12\nenv:none\n");
     assert!(!env.dir("secret").join("secrets").exists(), "secret files left behind");
+}
+
+/// Through the real server: the run's status shows the protections, the agent cannot read the
+/// server's database, signing key or environment, a CPU limit from the Agent ends the run with
+/// `CpuLimit`, and an Agent above `[sandbox.maximums]` is refused with a 400 naming the field.
+#[test]
+fn through_the_server_status_shows_the_sandbox_and_the_servers_files_stay_closed() {
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let cfg = cfg_dir.path().join("server.toml");
+    std::fs::write(&cfg, "[sandbox]\nquota_interval_millis = 50\n[sandbox.defaults]\ncpu_seconds = 30\n[sandbox.maximums]\ncpu_seconds = 60\n").unwrap();
+    let s = common::TestServer::start_sandboxed(&["--require-sandbox", "--config", cfg.to_str().unwrap()]);
+    let data = s.dir.path().join("data");
+    let script = format!(
+        "head -c 64 {d}/agentplane.db; head -c 64 {d}/ledger.key; ls {d}; cat /proc/1/environ; id -u; echo done",
+        d = data.display()
+    );
+    let manifest = format!(
+        "{}---\n{}---\n{}",
+        common::doc("AgentProvider", "sh", "  binary: /bin/sh\n  argsTemplate: [\"-c\", \"{{ parameters.script }}\"]\n"),
+        common::doc("Agent", "boxed", "  providerRef:\n    name: sh\n  limits:\n    cpuSeconds: 1\n"),
+        common::doc("Agent", "greedy", "  providerRef:\n    name: sh\n  limits:\n    cpuSeconds: 61\n"),
+    );
+    let f = s.write("agents.yaml", &manifest);
+    let out = s.ctl(&["apply", "-f", &f]);
+    assert_ne!(out.code, 0, "an Agent above the maximum was accepted: {out:?}");
+    assert!(out.stderr.contains("spec.limits.cpuSeconds") && out.stderr.contains("60"), "{out:?}");
+    let p = ["--agent", "boxed", "--text", "x", "--retry-limit", "0", "--wait", "--wait-timeout", "120s"];
+    let script_param = format!("script={script}");
+    let mut args = vec!["run", "submit", "--name", "peek", "--param", &script_param];
+    args.extend(p);
+    let out = s.ctl(&args);
+    assert_eq!(out.code, 0, "{out:?}\nserver log:\n{}", s.log());
+    assert!(out.stdout.contains("done"), "{out:?}");
+    assert!(!out.stdout.contains("SQLite format"), "read the database: {out:?}");
+    assert!(!out.stdout.contains("AGENTPLANE") && !out.stdout.contains("CARGO"), "read an environment: {out:?}");
+    assert!(!out.stdout.lines().any(|l| l.trim() == "0"), "ran as root: {out:?}");
+    let run: serde_json::Value =
+        serde_json::from_str(&s.ctl(&["get", "run", "peek", "-o", "json"]).stdout).unwrap();
+    let protections = run["status"]["sandbox"]["protections"].as_array().cloned().unwrap_or_default();
+    assert!(!protections.is_empty(), "no status.sandbox: {run}");
+    for p in &protections {
+        let name = p["name"].as_str().unwrap();
+        if relies_on(name) {
+            assert_ne!(p["status"], "unavailable", "{p}");
+        }
+    }
+    let spin_param = "script=while :; do :; done".to_string();
+    let mut args = vec!["run", "submit", "--name", "spin", "--param", &spin_param];
+    args.extend(p);
+    let out = s.ctl(&args);
+    assert_ne!(out.code, 0, "{out:?}");
+    let run: serde_json::Value =
+        serde_json::from_str(&s.ctl(&["get", "run", "spin", "-o", "json"]).stdout).unwrap();
+    let failed = run["status"]["conditions"].as_array().unwrap().iter().any(|c| c["reason"] == "CpuLimit");
+    assert!(failed, "{run}");
 }
