@@ -439,9 +439,8 @@ pub async fn version(ctx: &Ctx) -> Result<Exit, CliError> {
 pub async fn diagnose(ctx: &Ctx, args: crate::cli::DiagnoseArgs) -> Result<Exit, CliError> {
     use agentplane_sandbox::probe::{Check, ProbeInput, probe};
     let input = ProbeInput { user: Some(args.user.clone()), cgroup_root: None };
-    let host = tokio::task::spawn_blocking(move || probe(&input))
-        .await
-        .map_err(|e| CliError::Other(format!("probe: {e}")))?;
+    let host =
+        tokio::task::spawn_blocking(move || probe(&input)).await.map_err(|e| CliError::Other(format!("probe: {e}")))?;
     let runner = agentplane_sandbox::find_runner();
     let mut checks = host.checks.clone();
     checks.push(match &runner {

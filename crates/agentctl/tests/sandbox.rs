@@ -118,7 +118,13 @@ impl Env {
         }
     }
 
-    async fn run(&self, name: &str, script: &str, limits: AgentLimits, network: NetworkMode) -> (RuntimeStatus, String) {
+    async fn run(
+        &self,
+        name: &str,
+        script: &str,
+        limits: AgentLimits,
+        network: NetworkMode,
+    ) -> (RuntimeStatus, String) {
         let r = self.submit(name, script, limits, network).await;
         let s = self.wait(&r).await;
         (s, self.log(name))
@@ -140,8 +146,12 @@ fn assert_applied(s: &RuntimeStatus, names: &[&str]) {
         if !relies_on(n) {
             continue;
         }
-        let p = report.protections.iter().find(|p| p.name == *n).unwrap_or_else(|| panic!("{n} not reported: {report:?}"));
-        assert_eq!(p.status, "applied", "protection {n} was not applied on this host: {p:?}\nSet AGENTPLANE_SANDBOX_UNAVAILABLE={n} only if this kernel really lacks it.");
+        let p =
+            report.protections.iter().find(|p| p.name == *n).unwrap_or_else(|| panic!("{n} not reported: {report:?}"));
+        assert_eq!(
+            p.status, "applied",
+            "protection {n} was not applied on this host: {p:?}\nSet AGENTPLANE_SANDBOX_UNAVAILABLE={n} only if this kernel really lacks it."
+        );
     }
 }
 
@@ -224,7 +234,8 @@ async fn the_agent_cannot_read_another_run_or_the_servers_files() {
     std::fs::write(&key, "secret-signing-key").unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     // Another run (same agent user!) leaves a file in its workspace.
-    let (a, log_a) = env.run("victim", "echo other-run-secret > secret.txt", AgentLimits::default(), NetworkMode::Gateway).await;
+    let (a, log_a) =
+        env.run("victim", "echo other-run-secret > secret.txt", AgentLimits::default(), NetworkMode::Gateway).await;
     assert_eq!(a.phase, RunPhase::Succeeded, "{a:?} {log_a}");
     let other = env.dir("victim").join("workspace/secret.txt");
     assert!(other.exists());
@@ -370,11 +381,17 @@ async fn kill_9_of_another_runs_process_fails() {
     let env = Env::new();
     let m = marker("victim");
     let victim = env
-        .submit("victim", &format!("exec perl -e '$0 = {}; sleep 1000'", perl_str(&m)), AgentLimits::default(), NetworkMode::Gateway)
+        .submit(
+            "victim",
+            &format!("exec perl -e '$0 = {}; sleep 1000'", perl_str(&m)),
+            AgentLimits::default(),
+            NetworkMode::Gateway,
+        )
         .await;
     eventually("the victim runs", || !processes_with(&m).is_empty());
     let pid = processes_with(&m)[0];
-    let (s, log) = env.run("killer", &format!("kill -9 {pid}; echo rc=$?"), AgentLimits::default(), NetworkMode::Gateway).await;
+    let (s, log) =
+        env.run("killer", &format!("kill -9 {pid}; echo rc=$?"), AgentLimits::default(), NetworkMode::Gateway).await;
     assert_applied(&s, &["signals", "pid-namespace"]);
     assert!(log.contains("rc=1"), "{log}");
     assert_eq!(processes_with(&m), vec![pid], "the other run's process was killed");
@@ -411,7 +428,8 @@ async fn a_setuid_binary_does_not_escalate() {
     std::fs::set_permissions(&id_bin, std::fs::Permissions::from_mode(0o4755)).unwrap();
     let dir = suid.path().to_path_buf();
     let env = Env::with(move |s| s.read_only_paths.push(dir));
-    let (s, log) = env.run("suid", &format!("{} -u", id_bin.display()), AgentLimits::default(), NetworkMode::Gateway).await;
+    let (s, log) =
+        env.run("suid", &format!("{} -u", id_bin.display()), AgentLimits::default(), NetworkMode::Gateway).await;
     assert_eq!(s.phase, RunPhase::Succeeded, "{s:?}\n{log}");
     assert_applied(&s, &["no-new-privs", "identity"]);
     assert_eq!(log.trim(), env.uid.to_string(), "the setuid binary ran as {log}");
@@ -480,7 +498,11 @@ fn through_the_server_status_shows_the_sandbox_and_the_servers_files_stay_closed
     );
     let manifest = format!(
         "{}---\n{}---\n{}",
-        common::doc("AgentProvider", "sh", "  binary: /bin/sh\n  argsTemplate: [\"-c\", \"{{ parameters.script }}\"]\n"),
+        common::doc(
+            "AgentProvider",
+            "sh",
+            "  binary: /bin/sh\n  argsTemplate: [\"-c\", \"{{ parameters.script }}\"]\n"
+        ),
         common::doc("Agent", "boxed", "  providerRef:\n    name: sh\n  limits:\n    cpuSeconds: 1\n"),
         common::doc("Agent", "greedy", "  providerRef:\n    name: sh\n  limits:\n    cpuSeconds: 61\n"),
     );
@@ -498,8 +520,7 @@ fn through_the_server_status_shows_the_sandbox_and_the_servers_files_stay_closed
     assert!(!out.stdout.contains("SQLite format"), "read the database: {out:?}");
     assert!(!out.stdout.contains("AGENTPLANE") && !out.stdout.contains("CARGO"), "read an environment: {out:?}");
     assert!(!out.stdout.lines().any(|l| l.trim() == "0"), "ran as root: {out:?}");
-    let run: serde_json::Value =
-        serde_json::from_str(&s.ctl(&["get", "run", "peek", "-o", "json"]).stdout).unwrap();
+    let run: serde_json::Value = serde_json::from_str(&s.ctl(&["get", "run", "peek", "-o", "json"]).stdout).unwrap();
     let protections = run["status"]["sandbox"]["protections"].as_array().cloned().unwrap_or_default();
     assert!(!protections.is_empty(), "no status.sandbox: {run}");
     for p in &protections {
@@ -513,8 +534,7 @@ fn through_the_server_status_shows_the_sandbox_and_the_servers_files_stay_closed
     args.extend(p);
     let out = s.ctl(&args);
     assert_ne!(out.code, 0, "{out:?}");
-    let run: serde_json::Value =
-        serde_json::from_str(&s.ctl(&["get", "run", "spin", "-o", "json"]).stdout).unwrap();
+    let run: serde_json::Value = serde_json::from_str(&s.ctl(&["get", "run", "spin", "-o", "json"]).stdout).unwrap();
     let failed = run["status"]["conditions"].as_array().unwrap().iter().any(|c| c["reason"] == "CpuLimit");
     assert!(failed, "{run}");
 }

@@ -48,7 +48,13 @@ pub fn available(root: &Path, c: Controller) -> Result<(), String> {
 }
 
 /// Creates the group `name` of `c`, writes the settings (file, value), and moves `pid` into it.
-pub fn create_and_join(root: &Path, c: Controller, name: &str, settings: &[(&str, String)], pid: u32) -> Result<PathBuf, String> {
+pub fn create_and_join(
+    root: &Path,
+    c: Controller,
+    name: &str,
+    settings: &[(&str, String)],
+    pid: u32,
+) -> Result<PathBuf, String> {
     available(root, c)?;
     let dir = path(root, c, name);
     match std::fs::create_dir(&dir) {

@@ -121,7 +121,11 @@ pub fn probe(input: &ProbeInput) -> HostProbe {
         },
     ));
     let ll = |min: u8, what: &str| {
-        if abi >= min { Ok(format!("{what} (Landlock ABI {abi} >= {min})")) } else { Err(format!("{what} needs Landlock ABI {min}; this kernel has {abi}")) }
+        if abi >= min {
+            Ok(format!("{what} (Landlock ABI {abi} >= {min})"))
+        } else {
+            Err(format!("{what} needs Landlock ABI {min}; this kernel has {abi}"))
+        }
     };
     checks.push(check("landlock-filesystem", ll(1, "filesystem rules")));
     checks.push(check("landlock-network", ll(4, "TCP bind/connect rules")));

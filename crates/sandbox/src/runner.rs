@@ -197,7 +197,11 @@ fn outer(inv: &Invocation, policy: &Policy) -> i32 {
                 Ok(d) => {
                     report.set(Protection::applied(
                         names::PROCESS_TREE,
-                        format!("cgroup {} (pids.max {})", d.display(), l.processes.map_or("unlimited".into(), |p| p.to_string())),
+                        format!(
+                            "cgroup {} (pids.max {})",
+                            d.display(),
+                            l.processes.map_or("unlimited".into(), |p| p.to_string())
+                        ),
                     ));
                     pids_dir = Some(d);
                 }
@@ -210,10 +214,16 @@ fn outer(inv: &Invocation, policy: &Policy) -> i32 {
                         Ok(d) => {
                             // Without swap accounting there is no memsw file; with it, cap swap too.
                             let _ = std::fs::write(d.join("memory.memsw.limit_in_bytes"), m.to_string());
-                            report.set(Protection::applied(names::MEMORY_CGROUP, format!("cgroup {} limit {m} bytes", d.display())));
+                            report.set(Protection::applied(
+                                names::MEMORY_CGROUP,
+                                format!("cgroup {} limit {m} bytes", d.display()),
+                            ));
                             mem_dir = Some(d);
                         }
-                        Err(e) => report.set(Protection::unavailable(names::MEMORY_CGROUP, format!("{e}; memoryBytes falls back to RLIMIT_AS"))),
+                        Err(e) => report.set(Protection::unavailable(
+                            names::MEMORY_CGROUP,
+                            format!("{e}; memoryBytes falls back to RLIMIT_AS"),
+                        )),
                     }
                 }
                 None => report.set(Protection::disabled(names::MEMORY_CGROUP, "no memoryBytes limit")),
@@ -271,15 +281,16 @@ fn outer(inv: &Invocation, policy: &Policy) -> i32 {
     };
     if let Network::None = policy.network {
         report.set(match unshare(CloneFlags::CLONE_NEWNET) {
-            Ok(()) => Protection::applied(names::NETWORK, "none: a new network namespace without interfaces".to_string()),
+            Ok(()) => {
+                Protection::applied(names::NETWORK, "none: a new network namespace without interfaces".to_string())
+            }
             Err(e) => Protection::unavailable(names::NETWORK, format!("unshare(CLONE_NEWNET): {e}")),
         });
     }
     report.set(if policy.pid_namespace {
         // With a mount namespace too, so that the inner runner can mount a /proc of the new pid
         // namespace (the agent then sees only its own processes there).
-        match unshare(CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS)
-            .or_else(|_| unshare(CloneFlags::CLONE_NEWPID))
+        match unshare(CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS).or_else(|_| unshare(CloneFlags::CLONE_NEWPID))
         {
             Ok(()) => Protection::applied(names::PID_NAMESPACE, "the agent sees only its own processes".to_string()),
             Err(e) => Protection::unavailable(names::PID_NAMESPACE, format!("unshare(CLONE_NEWPID): {e}")),
@@ -369,14 +380,22 @@ fn outer(inv: &Invocation, policy: &Policy) -> i32 {
     if let Some(d) = &pids_dir {
         cgroup::kill_all(d, i32::try_from(me).ok());
     }
-    let cpu_used = getrusage(UsageWho::RUSAGE_CHILDREN)
-        .map(|u| u.user_time().tv_sec() + u.system_time().tv_sec())
-        .unwrap_or(0);
+    let cpu_used =
+        getrusage(UsageWho::RUSAGE_CHILDREN).map(|u| u.user_time().tv_sec() + u.system_time().tv_sec()).unwrap_or(0);
     let hit = if quota_hit.load(Ordering::SeqCst) {
-        Some((LimitHit::OutputQuotaExceeded, format!("the run folder grew by {used} bytes, over the quota of {} bytes", policy.quota.as_ref().map_or(0, |q| q.bytes))))
+        Some((
+            LimitHit::OutputQuotaExceeded,
+            format!(
+                "the run folder grew by {used} bytes, over the quota of {} bytes",
+                policy.quota.as_ref().map_or(0, |q| q.bytes)
+            ),
+        ))
     } else if status == SANDBOX_UNAVAILABLE && report.missing(&policy.required).is_some() {
         let (what, why) = report.missing(&policy.required).unwrap_or(("?", String::new()));
-        Some((LimitHit::SandboxUnavailable, format!("required protection `{what}` is {why}; the agent was not started")))
+        Some((
+            LimitHit::SandboxUnavailable,
+            format!("required protection `{what}` is {why}; the agent was not started"),
+        ))
     } else if status != 0 {
         classify(status, l, cpu_used, pids_dir.as_deref(), mem_dir.as_deref())
     } else {
@@ -390,7 +409,13 @@ fn outer(inv: &Invocation, policy: &Policy) -> i32 {
 }
 
 /// Which limit explains a non-zero status, if any.
-fn classify(status: i32, l: &Limits, cpu_used: i64, pids: Option<&Path>, mem: Option<&Path>) -> Option<(LimitHit, String)> {
+fn classify(
+    status: i32,
+    l: &Limits,
+    cpu_used: i64,
+    pids: Option<&Path>,
+    mem: Option<&Path>,
+) -> Option<(LimitHit, String)> {
     let sig = |s: Signal| 128 + s as i32;
     if pids.is_some_and(cgroup::pids_limit_hit) {
         let p = l.processes.unwrap_or(0);
@@ -419,9 +444,7 @@ fn classify(status: i32, l: &Limits, cpu_used: i64, pids: Option<&Path>, mem: Op
 /// namespace's init when there is one) until the agent ends.
 fn inner(inv: &Invocation, policy: &Policy) -> i32 {
     let mut report = Report::default();
-    let cg = |c: Controller| {
-        policy.cgroup.as_ref().is_some_and(|n| cgroup::path(&policy.cgroup_root(), c, n).is_dir())
-    };
+    let cg = |c: Controller| policy.cgroup.as_ref().is_some_and(|n| cgroup::path(&policy.cgroup_root(), c, n).is_dir());
     let (pids_cg, mem_cg) = (cg(Controller::Pids), cg(Controller::Memory));
     // rlimits before the user change (RLIMIT_NPROC is checked against the new user at fork).
     report.set(apply::rlimits(&policy.limits, !pids_cg, !mem_cg));

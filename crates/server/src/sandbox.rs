@@ -31,10 +31,7 @@ pub fn agent_identity(cfg: &SandboxConfig) -> Result<Option<Identity>, String> {
                 .map_err(|e2| format!("{e}; creating it with useradd failed: {e2}"))?;
             // Another server may have created it at the same time (exit 9: already exists).
             if !out.status.success() && out.status.code() != Some(9) {
-                return Err(format!(
-                    "{e}; useradd failed: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ));
+                return Err(format!("{e}; useradd failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
             }
             tracing::info!(user = %cfg.user, "created the agent user");
             probe::resolve_user(&cfg.user).map(Some)

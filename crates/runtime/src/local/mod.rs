@@ -423,12 +423,7 @@ impl LocalAdapter {
     }
 
     /// Records the attempt in its run folder (one blocking call) and starts its task.
-    async fn start(
-        &self,
-        spec: &RunSpec,
-        entry: &Arc<Entry>,
-        agent_env: Vec<AgentEnv>,
-    ) -> Result<(), RuntimeError> {
+    async fn start(&self, spec: &RunSpec, entry: &Arc<Entry>, agent_env: Vec<AgentEnv>) -> Result<(), RuntimeError> {
         let fresh = StatusFile {
             uid: spec.run.uid.clone(),
             attempt: spec.attempt,
@@ -997,7 +992,10 @@ fn launch(inner: &Inner, entry: &Entry, spec: &RunSpec, prepared: Result<Prepare
         (Some(_), process::Launcher::Shell { .. }) => None,
         (Some(s), process::Launcher::Runner(_)) => {
             if let Err(e) = sandbox::prepare_dir(s, &inner.base, dir) {
-                return not_started(RuntimeStatus::failed(StatusReason::SubmitFailed, format!("sandbox run folder: {e}")));
+                return not_started(RuntimeStatus::failed(
+                    StatusReason::SubmitFailed,
+                    format!("sandbox run folder: {e}"),
+                ));
             }
             Some(sandbox::policy(s, spec, dir, &program))
         }
