@@ -295,7 +295,7 @@ pub struct RuntimeStatus {
     pub log_truncated: bool,
     /// The sandbox protections in force (local adapter with a sandbox), set when the attempt ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sandbox: Option<SandboxStatus>,
+    pub sandbox: Option<Box<SandboxStatus>>,
 }
 
 impl RuntimeStatus {

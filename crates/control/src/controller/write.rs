@@ -256,7 +256,7 @@ fn decide(
     }
     st.log_truncated |= status.log_truncated;
     if status.sandbox.is_some() {
-        st.sandbox.clone_from(&status.sandbox);
+        st.sandbox = status.sandbox.as_deref().cloned();
     }
     if status.base_commit.is_some() {
         st.base_commit.clone_from(&status.base_commit);

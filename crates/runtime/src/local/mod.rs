@@ -1159,7 +1159,7 @@ async fn supervise(inner: Arc<Inner>, entry: Arc<Entry>, l: Launched) {
             status = RuntimeStatus::failed(reason, msg);
             status.exit_code = code;
         }
-        status.sandbox = report;
+        status.sandbox = report.map(Box::new);
     }
     status.artifacts = artifacts;
     status.log_truncated = dropped > 0;
