@@ -107,7 +107,8 @@ pub fn run(opts: SandboxOpts) -> Result<()> {
         boxed.push(run_once(&runner, &dir, Some(&policy))?);
     }
     let report = agentplane_sandbox::policy::read_report(&dir.join(".agent")).unwrap_or_default();
-    let applied = report.protections.iter().filter(|p| p.status == agentplane_sandbox::ProtectionState::Applied).count();
+    let applied =
+        report.protections.iter().filter(|p| p.status == agentplane_sandbox::ProtectionState::Applied).count();
     let mut diff: Vec<f64> = boxed.iter().zip(&plain).map(|(b, p)| b - p).collect();
     diff.sort_by(f64::total_cmp);
     println!(
