@@ -135,6 +135,10 @@ pub enum Command {
     Elevate(ElevateArgs),
     /// Print the client and server versions
     Version(VersionArgs),
+    /// Check this host for the sandbox of the local runtime (Landlock, namespaces, cgroups, agent
+    /// user) and whether the server answers
+    #[command(after_help = "Examples:\n  agentctl diagnose\n  agentctl diagnose --user agentplane-agent -o json")]
+    Diagnose(DiagnoseArgs),
     /// Print a shell completion script
     #[command(after_help = "Example:\n  agentctl completion bash > /etc/bash_completion.d/agentctl")]
     Completion(CompletionArgs),
@@ -380,6 +384,15 @@ pub struct DeleteArgs {
     /// Names of the objects
     #[arg(value_name = "NAME", required = true)]
     pub names: Vec<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DiagnoseArgs {
+    /// The agent user to look for (a name or uid:gid), as in the server's [sandbox] user
+    #[arg(long, value_name = "USER", default_value = "agentplane-agent")]
+    pub user: String,
     #[command(flatten)]
     pub client: ClientArgs,
 }

@@ -432,3 +432,55 @@ pub async fn version(ctx: &Ctx) -> Result<Exit, CliError> {
     }
     Ok(Exit::Ok)
 }
+
+/// `diagnose`: what this host provides for the local runtime's sandbox (docs/sandbox.md), and
+/// whether the configured server answers. Exit 0 when every check passes, 1 otherwise (the table
+/// says which failed).
+pub async fn diagnose(ctx: &Ctx, args: crate::cli::DiagnoseArgs) -> Result<Exit, CliError> {
+    use agentplane_sandbox::probe::{Check, ProbeInput, probe};
+    let input = ProbeInput { user: Some(args.user.clone()), cgroup_root: None };
+    let host =
+        tokio::task::spawn_blocking(move || probe(&input)).await.map_err(|e| CliError::Other(format!("probe: {e}")))?;
+    let runner = agentplane_sandbox::find_runner();
+    let mut checks = host.checks.clone();
+    checks.push(match &runner {
+        Some(p) => Check { name: "agent-runner".into(), available: true, detail: p.display().to_string() },
+        None => Check {
+            name: "agent-runner".into(),
+            available: false,
+            detail: "agentplane-runner not found next to agentctl or in $AGENTPLANE_RUNNER".into(),
+        },
+    });
+    let client = ctx.client()?;
+    let server = match client.version().await {
+        Ok(v) => Check {
+            name: "server".into(),
+            available: true,
+            detail: format!(
+                "{} answers (version {})",
+                client.server(),
+                v.get("version").and_then(Value::as_str).unwrap_or("unknown")
+            ),
+        },
+        Err(e) => Check { name: "server".into(), available: false, detail: format!("{}: {e}", client.server()) },
+    };
+    checks.push(server);
+    let ok = checks.iter().all(|c| c.available);
+    let p = &ctx.printer;
+    match p.format {
+        OutputFormat::Json | OutputFormat::Yaml => p.value(&json!({
+            "landlockAbi": host.landlock_abi,
+            "runningAsRoot": host.running_as_root,
+            "checks": checks,
+            "ok": ok,
+        }))?,
+        OutputFormat::Table | OutputFormat::Name => {
+            let width = checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+            p.line(&format!("{:width$}  {:4}  DETAIL", "CHECK", "OK"))?;
+            for c in &checks {
+                p.line(&format!("{:width$}  {:4}  {}", c.name, if c.available { "yes" } else { "no" }, c.detail))?;
+            }
+        }
+    }
+    Ok(if ok { Exit::Ok } else { Exit::Other })
+}

@@ -109,6 +109,7 @@ fn main() -> ExitCode {
             TakeoverCommand::Set(a) => client(top.merged(&a.client), |ctx| Box::pin(takeover::set(ctx, a))),
         },
         Command::Version(a) => client(top.merged(&a.client), |ctx| Box::pin(commands::version(ctx))),
+        Command::Diagnose(a) => client(top.merged(&a.client), |ctx| Box::pin(commands::diagnose(ctx, a))),
     };
     match result {
         Ok(exit) => ExitCode::from(exit.code()),

@@ -22,7 +22,7 @@ pub use error::{FieldError, Reason, ValidationErrors};
 pub use kind::{Kind, UnknownKind};
 pub use meta::{API_GROUP, API_VERSION, DEFAULT_NAMESPACE, ObjectMeta, Reference};
 pub use resources::*;
-pub use validate::{is_dns1123_label, validate_name};
+pub use validate::{is_dns1123_label, validate_limits, validate_name};
 
 mod any;
 pub use any::{AnyResource, decode};

@@ -42,3 +42,13 @@ pub const MAX_RETRY_LIMIT: u32 = 100;
 pub const MAX_IN_FLIGHT: u32 = 10_000;
 /// Default `maxInFlight` of an Agent.
 pub const DEFAULT_AGENT_MAX_IN_FLIGHT: u32 = 5;
+/// Ranges of an Agent's `spec.limits` (the server's `[sandbox.maximums]` may be lower).
+pub const LIMIT_CPU_SECONDS: (u64, u64) = (1, MAX_TIMEOUT_SECONDS);
+/// 16 MiB to 1 TiB.
+pub const LIMIT_MEMORY_BYTES: (u64, u64) = (16 << 20, 1 << 40);
+/// 1 MiB to 1 TiB.
+pub const LIMIT_FILE_SIZE_BYTES: (u64, u64) = (1 << 20, 1 << 40);
+pub const LIMIT_OPEN_FILES: (u64, u64) = (16, 1 << 20);
+pub const LIMIT_PROCESSES: (u64, u64) = (1, 100_000);
+/// 1 MiB to 16 TiB.
+pub const LIMIT_OUTPUT_QUOTA_BYTES: (u64, u64) = (1 << 20, 1 << 44);

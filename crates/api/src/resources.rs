@@ -111,6 +111,127 @@ pub struct AgentSpec {
     /// Runs of this agent in flight at once (default 5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<u32>,
+    /// Resource limits of each run (local runtime sandbox); unset fields take the server's
+    /// `[sandbox.defaults]`, and no field may exceed the server's `[sandbox.maximums]`.
+    #[serde(default, skip_serializing_if = "AgentLimits::is_empty")]
+    pub limits: AgentLimits,
+    /// The network a run of this agent gets (local runtime sandbox); default `gateway`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkMode>,
+}
+
+/// Resource limits of one run (docs/sandbox.md). Every field is optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AgentLimits {
+    /// CPU seconds of each process (`RLIMIT_CPU`); the run fails with `CpuLimit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds: Option<u64>,
+    /// Memory of the whole run (a memory cgroup, else `RLIMIT_AS` per process); `MemoryLimit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// Address space of each process (`RLIMIT_AS`), in addition to `memoryBytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address_space_bytes: Option<u64>,
+    /// Largest file a process may write (`RLIMIT_FSIZE`); `FileSizeLimit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_size_bytes: Option<u64>,
+    /// Open files per process (`RLIMIT_NOFILE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_files: Option<u64>,
+    /// Processes and threads of the run at once (a `pids` cgroup, else `RLIMIT_NPROC`);
+    /// `ProcessLimit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes: Option<u64>,
+    /// How much the run folder (log, artifacts, workspace, temp dir) may grow while the agent
+    /// runs; checked periodically; `OutputQuotaExceeded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_quota_bytes: Option<u64>,
+}
+
+impl AgentLimits {
+    pub fn is_empty(&self) -> bool {
+        *self == AgentLimits::default()
+    }
+
+    /// Each field with its name (`cpuSeconds`, …) and value.
+    pub fn fields(&self) -> [(&'static str, Option<u64>); 7] {
+        [
+            ("cpuSeconds", self.cpu_seconds),
+            ("memoryBytes", self.memory_bytes),
+            ("addressSpaceBytes", self.address_space_bytes),
+            ("fileSizeBytes", self.file_size_bytes),
+            ("openFiles", self.open_files),
+            ("processes", self.processes),
+            ("outputQuotaBytes", self.output_quota_bytes),
+        ]
+    }
+
+    /// This, with unset fields taken from `defaults`.
+    pub fn or(&self, defaults: &AgentLimits) -> AgentLimits {
+        AgentLimits {
+            cpu_seconds: self.cpu_seconds.or(defaults.cpu_seconds),
+            memory_bytes: self.memory_bytes.or(defaults.memory_bytes),
+            address_space_bytes: self.address_space_bytes.or(defaults.address_space_bytes),
+            file_size_bytes: self.file_size_bytes.or(defaults.file_size_bytes),
+            open_files: self.open_files.or(defaults.open_files),
+            processes: self.processes.or(defaults.processes),
+            output_quota_bytes: self.output_quota_bytes.or(defaults.output_quota_bytes),
+        }
+    }
+
+    /// The first field above its maximum: (field, value, maximum).
+    pub fn exceeds(&self, max: &AgentLimits) -> Option<(&'static str, u64, u64)> {
+        self.fields().into_iter().zip(max.fields()).find_map(|((name, v), (_, m))| match (v, m) {
+            (Some(v), Some(m)) if v > m => Some((name, v, m)),
+            _ => None,
+        })
+    }
+}
+
+/// The network of a run of an Agent (local runtime sandbox).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// No network at all (a network namespace of its own).
+    None,
+    /// TCP only to the gateway's (the server's) port.
+    #[default]
+    Gateway,
+    /// No restriction.
+    Open,
+}
+
+/// How secrets reach the agent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SecretsAs {
+    /// As environment variables (the default).
+    #[default]
+    Env,
+    /// As files `secrets/<VAR>` (mode 0400) in the run folder, named by `<VAR>_FILE`; removed
+    /// when the attempt ends.
+    Files,
+}
+
+/// One sandbox protection of a run and whether it was in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SandboxProtection {
+    /// `identity`, `no-new-privs`, `rlimits`, `filesystem`, `network`, `signals`,
+    /// `pid-namespace`, `process-tree`, `memory-cgroup`, `output-quota`.
+    pub name: String,
+    /// `applied`, `unavailable` (this host cannot) or `disabled` (not asked for).
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Which sandbox protections were in force for the run's last attempt.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SandboxStatus {
+    pub protections: Vec<SandboxProtection>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -146,6 +267,9 @@ pub struct AgentSecurity {
     pub allowed_secrets: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_service_accounts: Vec<String>,
+    /// How secrets reach the agent: `env` (default) or `files`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_as: Option<SecretsAs>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -608,6 +732,10 @@ pub struct AgentRunStatus {
     /// The agent's output exceeded the log cap: `.agent/runner.log` holds its tail only.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub log_truncated: bool,
+    /// The sandbox protections in force for the last attempt (local runtime), each applied,
+    /// unavailable on this host (with the reason) or disabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -362,6 +362,25 @@ impl Validate for AgentSpec {
             string_list(out, format!("{path}.role.requireApproval"), &r.require_approval);
         }
         range_u64(out, p(path, "maxInFlight"), self.max_in_flight.map(u64::from), 1, u64::from(MAX_IN_FLIGHT));
+        validate_limits(&format!("{path}.limits"), &self.limits, out);
+    }
+}
+
+/// Checks each field of `limits` against its range (`crate::limits::LIMIT_*`); `path` is the
+/// field path of the limits object (`spec.limits`).
+pub fn validate_limits(path: &str, l: &AgentLimits, out: &mut Vec<FieldError>) {
+    {
+        for (name, v, (min, max)) in [
+            ("cpuSeconds", l.cpu_seconds, LIMIT_CPU_SECONDS),
+            ("memoryBytes", l.memory_bytes, LIMIT_MEMORY_BYTES),
+            ("addressSpaceBytes", l.address_space_bytes, LIMIT_MEMORY_BYTES),
+            ("fileSizeBytes", l.file_size_bytes, LIMIT_FILE_SIZE_BYTES),
+            ("openFiles", l.open_files, LIMIT_OPEN_FILES),
+            ("processes", l.processes, LIMIT_PROCESSES),
+            ("outputQuotaBytes", l.output_quota_bytes, LIMIT_OUTPUT_QUOTA_BYTES),
+        ] {
+            range_u64(out, format!("{path}.{name}"), v, min, max);
+        }
     }
 }
 

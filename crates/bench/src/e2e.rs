@@ -38,6 +38,10 @@ pub struct E2eOpts {
     /// Skip the burst phase (all runs submitted as fast as the clients can).
     #[arg(long)]
     pub no_burst: bool,
+    /// Run the agents without the local runtime's sandbox (`[sandbox] enabled = false`); by default
+    /// they run sandboxed, as the server does.
+    #[arg(long)]
+    pub no_sandbox: bool,
     /// Where the phases' data directories go (a fresh temporary directory inside it, removed when
     /// the bench ends; default: the system's temporary directory). Every phase keeps its run
     /// folders until the bench ends: on an ext4 file system without a journal, inodes freed in the
@@ -176,6 +180,7 @@ async fn phase(opts: &E2eOpts, rate: Option<f64>, dir: &std::path::Path) -> Resu
         ..Default::default()
     };
     config.controller.enabled = true;
+    config.sandbox.enabled = !opts.no_sandbox;
     config.controller.namespace_max_in_flight = opts.cap;
     config.controller.cluster_max_in_flight = opts.cap;
     let tick_millis = config.controller.tick_millis;
@@ -290,6 +295,7 @@ async fn phase(opts: &E2eOpts, rate: Option<f64>, dir: &std::path::Path) -> Resu
         "cap": opts.cap,
         "binary": opts.binary,
         "controller_tick_ms": tick_millis,
+        "sandbox": !opts.no_sandbox,
         "succeeded": succeeded,
         "failed": failed,
         "cancelled": cancelled,

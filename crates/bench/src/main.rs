@@ -12,6 +12,7 @@
 //! cargo run --release --locked -p agentplane-bench -- ledger-verify --entries 1000000
 //! cargo run --release --locked -p agentplane-bench -- ledger-query  --entries 1000000
 //! cargo run --release --locked -p agentplane-bench -- jwt-verify    --ops 20000
+//! cargo run --release --locked -p agentplane-bench -- sandbox       --runs 500
 //! ```
 //!
 //! The API scenarios authenticate with the server's bootstrap admin token (read from
@@ -22,6 +23,7 @@
 mod backlog;
 mod e2e;
 mod jwt;
+mod sandbox;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -68,6 +70,9 @@ enum Scenario {
     /// OIDC JWT verification (RS256 and ES256): the signature check of a token seen for the first
     /// time, and a token seen before (verified-token cache); no HTTP.
     JwtVerify(jwt::JwtOpts),
+    /// Sandbox set-up overhead: `/bin/true` through `agentplane-runner` with and without
+    /// `--sandbox` (every protection on), p50/p95 per run and their difference.
+    Sandbox(sandbox::SandboxOpts),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -503,6 +508,7 @@ fn main() -> Result<()> {
             Scenario::LedgerVerify(o) => ledger_verify(o),
             Scenario::LedgerQuery(o) => ledger_query(o).await,
             Scenario::JwtVerify(o) => jwt::run(o).await,
+            Scenario::Sandbox(o) => sandbox::run(o),
         }
     })
 }

@@ -20,7 +20,9 @@ pub mod template;
 
 pub use custom::CustomAdapter;
 pub use error::{ErrorKind, RuntimeError, TemplateError};
-pub use local::{LocalAdapter, LocalConfig, RunnerSetting};
+pub use local::{
+    DEFAULT_READ_ONLY_PATHS, DEFAULT_WRITABLE_PATHS, LocalAdapter, LocalConfig, RunnerSetting, SandboxSettings,
+};
 pub use spec::{
     DEFAULT_LOG_CAP_BYTES, RunIdentity, RunSpec, RuntimeRef, RuntimeStatus, SecretValue, StatusReason, StepSpec,
     WorkspaceSpec,

@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use agentplane_api::{AgentProviderSpec, AgentRunSpec, AgentSpec, ArtifactStatus, ImplementationSpecSpec, RunPhase};
+use agentplane_api::{
+    AgentLimits, AgentProviderSpec, AgentRunSpec, AgentSpec, ArtifactStatus, ImplementationSpecSpec, RunPhase,
+    SandboxStatus,
+};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -126,6 +129,10 @@ pub struct RunSpec {
     /// merges the run's parameters with the step's).
     #[serde(default)]
     pub step: Option<StepSpec>,
+    /// The effective limits of this attempt: the Agent's `spec.limits` with the server's
+    /// defaults filled in (the control plane merges them and checks the maximums).
+    #[serde(default)]
+    pub limits: AgentLimits,
 }
 
 fn default_log_cap() -> u64 {
@@ -153,6 +160,7 @@ impl RunSpec {
             timeout_seconds: None,
             log_cap_bytes: DEFAULT_LOG_CAP_BYTES,
             step: None,
+            limits: AgentLimits::default(),
         }
     }
 }
@@ -194,6 +202,18 @@ pub enum StatusReason {
     NonZeroExit,
     /// The process vanished without a recorded exit (for example the machine rebooted).
     Lost,
+    /// A process used up its CPU seconds (`limits.cpuSeconds`).
+    CpuLimit,
+    /// The run reached its memory limit (`limits.memoryBytes`).
+    MemoryLimit,
+    /// A process wrote a file larger than `limits.fileSizeBytes`.
+    FileSizeLimit,
+    /// The run reached its process limit (`limits.processes`).
+    ProcessLimit,
+    /// The run folder grew beyond `limits.outputQuotaBytes`; the run was stopped.
+    OutputQuotaExceeded,
+    /// A required sandbox protection is not available on this host; the agent was not started.
+    SandboxUnavailable,
 }
 
 impl StatusReason {
@@ -207,15 +227,30 @@ impl StatusReason {
             StatusReason::Cancelled => "Cancelled",
             StatusReason::NonZeroExit => "NonZeroExit",
             StatusReason::Lost => "Lost",
+            StatusReason::CpuLimit => "CpuLimit",
+            StatusReason::MemoryLimit => "MemoryLimit",
+            StatusReason::FileSizeLimit => "FileSizeLimit",
+            StatusReason::ProcessLimit => "ProcessLimit",
+            StatusReason::OutputQuotaExceeded => "OutputQuotaExceeded",
+            StatusReason::SandboxUnavailable => "SandboxUnavailable",
         }
     }
 
     /// Whether another attempt of the same spec can succeed. Configuration mistakes (missing
-    /// binary, bad template) and cancellation are not retryable; everything else is, within the
+    /// binary, bad template), cancellation, a limit of the sandbox (the same spec would hit it
+    /// again) and a missing sandbox protection are not retryable; everything else is, within the
     /// run's `retryLimit`.
     pub fn retryable(self) -> bool {
         match self {
-            StatusReason::MissingBinary | StatusReason::TemplateError | StatusReason::Cancelled => false,
+            StatusReason::MissingBinary
+            | StatusReason::TemplateError
+            | StatusReason::Cancelled
+            | StatusReason::CpuLimit
+            | StatusReason::MemoryLimit
+            | StatusReason::FileSizeLimit
+            | StatusReason::ProcessLimit
+            | StatusReason::OutputQuotaExceeded
+            | StatusReason::SandboxUnavailable => false,
             StatusReason::SubmitFailed
             | StatusReason::WorkspaceError
             | StatusReason::TimedOut
@@ -258,6 +293,9 @@ pub struct RuntimeStatus {
     /// Whether earlier log output was dropped to respect the log cap.
     #[serde(default)]
     pub log_truncated: bool,
+    /// The sandbox protections in force (local adapter with a sandbox), set when the attempt ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<Box<SandboxStatus>>,
 }
 
 impl RuntimeStatus {

@@ -53,6 +53,10 @@ pub struct ServerArgs {
     /// Do not run the controller: admitted runs stay Pending (for a read-only replica or tests)
     #[arg(long)]
     pub no_controller: bool,
+    /// Refuse to start a run when a required sandbox protection is missing on this host (the run
+    /// fails with SandboxUnavailable); see [sandbox] required
+    #[arg(long)]
+    pub require_sandbox: bool,
 }
 
 /// How SQLite syncs commits to disk.
@@ -296,6 +300,99 @@ impl Default for OidcConfig {
     }
 }
 
+/// Limits of one run (`[sandbox.defaults]`, `[sandbox.maximums]`); see Agent `spec.limits`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub cpu_seconds: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    pub address_space_bytes: Option<u64>,
+    pub file_size_bytes: Option<u64>,
+    pub open_files: Option<u64>,
+    pub processes: Option<u64>,
+    pub output_quota_bytes: Option<u64>,
+}
+
+impl LimitsConfig {
+    pub fn to_api(&self) -> agentplane_api::AgentLimits {
+        agentplane_api::AgentLimits {
+            cpu_seconds: self.cpu_seconds,
+            memory_bytes: self.memory_bytes,
+            address_space_bytes: self.address_space_bytes,
+            file_size_bytes: self.file_size_bytes,
+            open_files: self.open_files,
+            processes: self.processes,
+            output_quota_bytes: self.output_quota_bytes,
+        }
+    }
+}
+
+/// The local runtime's sandbox (`[sandbox]` in the file; docs/sandbox.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    /// Confine agents of the local runtime. Off: own session and process group only.
+    pub enabled: bool,
+    /// The user agents run as when the server runs as root: a name, or `uid:gid`.
+    pub user: String,
+    /// Create `user` (useradd --system) at start when it does not exist.
+    pub create_user: bool,
+    /// Refuse to start runs when a protection in `required` is missing (`--require-sandbox`).
+    pub require: bool,
+    /// The protections `require` insists on (default: all of them).
+    pub required: Vec<String>,
+    /// What agents may read (and execute) besides their run folder.
+    pub read_only_paths: Vec<PathBuf>,
+    /// What agents may write besides their run folder's workspace/, artifacts/ and tmp/.
+    pub writable_paths: Vec<PathBuf>,
+    /// Landlock filesystem rules.
+    pub filesystem: bool,
+    /// A pid namespace per attempt.
+    pub pid_namespace: bool,
+    /// Per-attempt cgroups (v1 pids and memory).
+    pub cgroups: bool,
+    /// Where cgroup v1 hierarchies are mounted.
+    pub cgroup_root: PathBuf,
+    /// Landlock scoping of signals and abstract UNIX sockets.
+    pub scope_signals: bool,
+    /// How often the output quota is measured (milliseconds).
+    pub quota_interval_millis: u64,
+    /// Limits of runs whose Agent does not set them.
+    pub defaults: LimitsConfig,
+    /// Limits no Agent may exceed (an Agent above them is refused with 400).
+    pub maximums: LimitsConfig,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            enabled: true,
+            user: "agentplane-agent".into(),
+            create_user: true,
+            require: false,
+            required: agentplane_sandbox::policy::names::ALL.iter().map(|s| s.to_string()).collect(),
+            read_only_paths: agentplane_runtime::DEFAULT_READ_ONLY_PATHS.iter().map(PathBuf::from).collect(),
+            writable_paths: agentplane_runtime::DEFAULT_WRITABLE_PATHS.iter().map(PathBuf::from).collect(),
+            filesystem: true,
+            pid_namespace: true,
+            cgroups: true,
+            cgroup_root: PathBuf::from(agentplane_sandbox::cgroup::DEFAULT_ROOT),
+            scope_signals: true,
+            quota_interval_millis: 250,
+            defaults: LimitsConfig {
+                cpu_seconds: Some(3600),
+                memory_bytes: Some(4 << 30),
+                address_space_bytes: None,
+                file_size_bytes: Some(1 << 30),
+                open_files: Some(4096),
+                processes: Some(512),
+                output_quota_bytes: Some(10 << 30),
+            },
+            maximums: LimitsConfig::default(),
+        }
+    }
+}
+
 /// The effective configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -316,6 +413,7 @@ pub struct Config {
     pub secrets: SecretsConfig,
     pub governance: GovernanceConfig,
     pub auth: AuthConfig,
+    pub sandbox: SandboxConfig,
     /// Benchmarks only: do not record writes in the ledger (never settable from a file, the
     /// environment or a flag).
     #[serde(skip)]
@@ -340,6 +438,7 @@ impl Default for Config {
             secrets: SecretsConfig::default(),
             governance: GovernanceConfig::default(),
             auth: AuthConfig::default(),
+            sandbox: SandboxConfig::default(),
             bench_disable_ledger: false,
         }
     }
@@ -386,6 +485,9 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("AGENTPLANE_AUTH_OIDC_AUDIENCE", "auth.oidc.audience"),
     ("AGENTPLANE_AUTH_OIDC_JWKS_URL", "auth.oidc.jwks_url"),
     ("AGENTPLANE_AUTH_OIDC_CA_FILE", "auth.oidc.ca_file"),
+    ("AGENTPLANE_SANDBOX_ENABLED", "sandbox.enabled"),
+    ("AGENTPLANE_SANDBOX_USER", "sandbox.user"),
+    ("AGENTPLANE_SANDBOX_REQUIRE", "sandbox.require"),
 ];
 
 fn parse<T: std::str::FromStr>(var: &str, v: &str) -> Result<T, ConfigError> {
@@ -471,6 +573,9 @@ impl Config {
                 "AGENTPLANE_AUTH_OIDC_JWKS_URL" => {
                     c.auth.oidc.get_or_insert_with(OidcConfig::default).jwks_url = Some(v.clone())
                 }
+                "AGENTPLANE_SANDBOX_ENABLED" => c.sandbox.enabled = parse_bool(var, v)?,
+                "AGENTPLANE_SANDBOX_USER" => c.sandbox.user = v.clone(),
+                "AGENTPLANE_SANDBOX_REQUIRE" => c.sandbox.require = parse_bool(var, v)?,
                 _ => {}
             }
         }
@@ -509,6 +614,9 @@ impl Config {
         }
         if args.no_controller {
             c.controller.enabled = false;
+        }
+        if args.require_sandbox {
+            c.sandbox.require = true;
         }
         c.check()?;
         Ok(c)
@@ -636,6 +744,36 @@ impl Config {
                 ));
             }
             crate::auth::oidc::parse_algorithms(&o.algorithms).map_err(ConfigError)?;
+        }
+        let sb = &self.sandbox;
+        for name in &sb.required {
+            if !agentplane_sandbox::policy::names::ALL.contains(&name.as_str()) {
+                return Err(ConfigError(format!(
+                    "sandbox.required: unknown protection {name:?}; known: {}",
+                    agentplane_sandbox::policy::names::ALL.join(", ")
+                )));
+            }
+        }
+        if sb.require && !sb.enabled {
+            return Err(ConfigError("sandbox.require = true needs sandbox.enabled = true".into()));
+        }
+        if sb.quota_interval_millis == 0 || sb.quota_interval_millis > 60_000 {
+            return Err(ConfigError(format!(
+                "sandbox.quota_interval_millis = {} must be 1 to 60000",
+                sb.quota_interval_millis
+            )));
+        }
+        for (section, l) in [("sandbox.defaults", &sb.defaults), ("sandbox.maximums", &sb.maximums)] {
+            let mut errs = Vec::new();
+            agentplane_api::validate_limits(section, &l.to_api(), &mut errs);
+            if let Some(e) = errs.first() {
+                return Err(ConfigError(e.message.clone()));
+            }
+        }
+        if let Some((field, v, max)) = sb.defaults.to_api().exceeds(&sb.maximums.to_api()) {
+            return Err(ConfigError(format!(
+                "sandbox.defaults {field} = {v} is above sandbox.maximums {field} = {max}"
+            )));
         }
         let r = &self.retention;
         if !finite_pos(r.runs_days) || !finite_pos(r.logs_days) || r.sweep_interval_seconds == 0 {

@@ -19,6 +19,7 @@ pub mod ledger;
 pub mod openapi;
 pub mod resources;
 pub mod runs;
+pub mod sandbox;
 pub mod takeover;
 
 use std::collections::BTreeMap;
@@ -74,6 +75,8 @@ pub enum ServerError {
     Key(String),
     #[error("authentication setup: {0}")]
     Auth(String),
+    #[error("sandbox: {0}")]
+    Sandbox(String),
     #[error("cannot open the store: {0}")]
     Store(#[from] agentplane_store::StoreError),
     #[error("loading examples: {0}")]
@@ -249,9 +252,29 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         Duration::from_secs(config.ledger.anomaly_scan_interval_seconds),
         rx.clone(),
     ));
+    let sandbox = if config.sandbox.enabled && config.controller.enabled {
+        let user = match sandbox::agent_identity(&config.sandbox) {
+            Ok(u) => u,
+            Err(e) if config.sandbox.require => return Err(ServerError::Sandbox(e)),
+            Err(e) => {
+                tracing::warn!(error = %e, "no agent user: agents run as the server's user (identity unavailable)");
+                None
+            }
+        };
+        if user.is_some() {
+            sandbox::harden_data_dir(&config.data_dir).map_err(|e| ServerError::Sandbox(format!("data dir: {e}")))?;
+        }
+        let host = agentplane_sandbox::probe::probe(&agentplane_sandbox::probe::ProbeInput::default());
+        let missing: Vec<&str> = host.checks.iter().filter(|c| !c.available).map(|c| c.name.as_str()).collect();
+        tracing::info!(landlock_abi = host.landlock_abi, user = ?user.map(|u| u.uid), missing = ?missing, "sandbox enabled");
+        sandbox::settings(&config.sandbox, user, local.port())
+    } else {
+        None
+    };
     let controller = config.controller.enabled.then(|| {
         tracing::info!("run controller enabled");
         let mut cfg = controller_config(&config);
+        cfg.sandbox = sandbox;
         let key = run_tokens.clone();
         cfg.run_tokens =
             Some(agentplane_control::controller::RunTokenMinter(Arc::new(move |ns, name, uid, attempt| {
@@ -391,6 +414,8 @@ pub fn controller_config(config: &Config) -> agentplane_control::controller::Con
     cfg.lease_ttl = Duration::from_secs(c.lease_seconds);
     cfg.grace = Duration::from_secs(c.grace_seconds);
     cfg.secrets_dir = Some(config.secrets.dir.clone().unwrap_or_else(|| config.data_dir.join("secrets")));
+    cfg.limit_defaults = config.sandbox.defaults.to_api();
+    cfg.limit_maximums = config.sandbox.maximums.to_api();
     match agentplane_control::controller::node_holder_id(&config.data_dir) {
         Ok(id) => cfg.holder = id,
         Err(e) => {

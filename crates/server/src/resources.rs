@@ -329,6 +329,7 @@ pub async fn create(
         apply_idempotency_header(&headers, &mut doc)?;
     }
     let mut res = admit(kind, &ns, None, doc)?;
+    crate::sandbox::check_limits(&st.config.sandbox, &res)?;
     if let Err(e) =
         crate::admission::admit_new(st.store.as_ref(), &st.admission_cache, &mut res, &principal.policy_subject(&ns))
             .await
@@ -440,6 +441,7 @@ pub async fn put(
         }
     };
     let res = admit(kind, &ns, Some(&name), doc)?;
+    crate::sandbox::check_limits(&st.config.sandbox, &res)?;
     let subject = principal.policy_subject(&ns);
     let applied = apply(st.store.as_ref(), &st.admission_cache, &res, cas, &principal.actor(), &subject).await;
     if let Err(e) = &applied {

@@ -76,9 +76,23 @@ impl TestServer {
     }
 
     pub fn start_in_with(dir: tempfile::TempDir, extra: &[&str]) -> TestServer {
+        TestServer::start_full(dir, extra, false)
+    }
+
+    /// Start with the local runtime's sandbox on (the other helpers turn it off: their agents
+    /// write outside their run folders on purpose; tests/sandbox.rs covers the sandbox).
+    pub fn start_sandboxed(extra: &[&str]) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The agent user must reach its run folder by absolute path.
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o711)).expect("chmod");
+        TestServer::start_full(dir, extra, true)
+    }
+
+    fn start_full(dir: tempfile::TempDir, extra: &[&str], sandbox: bool) -> TestServer {
         let mut cmd = agentctl(&dir.path().join("client.toml"));
         // Tests make many requests quickly; the rate limit has its own tests.
         cmd.env("AGENTPLANE_AUTH_RATE_LIMIT_PER_SECOND", "0");
+        cmd.env("AGENTPLANE_SANDBOX_ENABLED", if sandbox { "true" } else { "false" });
         cmd.args(["server", "--listen", "127.0.0.1:0", "--log-level", "info", "--log-format", "text"])
             .args(extra)
             .arg("--data-dir")

@@ -81,6 +81,13 @@ pub struct ControllerConfig {
     pub custom_poll: Duration,
     /// Mints each attempt's run-scoped token; none when absent.
     pub run_tokens: Option<RunTokenMinter>,
+    /// How the local runtime confines agents (docs/sandbox.md); none: unconfined.
+    pub sandbox: Option<agentplane_runtime::SandboxSettings>,
+    /// Limits of a run whose Agent does not set them (`[sandbox.defaults]`).
+    pub limit_defaults: agentplane_api::AgentLimits,
+    /// Limits no Agent may exceed (`[sandbox.maximums]`); a run of an Agent above them fails
+    /// with `LimitExceedsMaximum` (admission refuses such Agents, but maximums may be lowered later).
+    pub limit_maximums: agentplane_api::AgentLimits,
 }
 
 impl ControllerConfig {
@@ -98,6 +105,9 @@ impl ControllerConfig {
             stuck_after: Duration::from_secs(120),
             custom_poll: Duration::from_secs(1),
             run_tokens: None,
+            sandbox: None,
+            limit_defaults: agentplane_api::AgentLimits::default(),
+            limit_maximums: agentplane_api::AgentLimits::default(),
         }
     }
 }
@@ -334,7 +344,7 @@ impl Controller {
         });
         let local = LocalAdapter::with_config(
             cfg.base_dir.clone(),
-            LocalConfig { grace_period: cfg.grace, ..LocalConfig::default() },
+            LocalConfig { grace_period: cfg.grace, sandbox: cfg.sandbox.clone(), ..LocalConfig::default() },
         );
         let (outcomes_tx, outcomes_rx) = mpsc::unbounded_channel();
         Controller {

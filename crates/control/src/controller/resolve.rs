@@ -266,6 +266,16 @@ async fn resolve(
     );
     let (provider, implementation, memory) = (provider?, implementation?, memory?);
     let secrets = load_secrets(ctx.cfg.secrets_dir.as_deref(), &run.spec.secrets, &agent)?;
+    let limits = agent.limits.or(&ctx.cfg.limit_defaults);
+    if let Some((field, v, max)) = limits.exceeds(&ctx.cfg.limit_maximums) {
+        return Err(unstartable(
+            "LimitExceedsMaximum",
+            format!(
+                "the Agent's spec.limits.{field} (or the server default) is {v}, above the server maximum {max} \
+                 ([sandbox.maximums] {field}); lower it on the Agent"
+            ),
+        ));
+    }
     let uid = run.metadata.uid.clone().unwrap_or_else(|| format!("{ns}-{}", run.metadata.name));
     let mut spec = RunSpec::new(ns, &run.metadata.name, &uid, provider);
     spec.attempt = attempt;
@@ -281,6 +291,7 @@ async fn resolve(
     spec.workspace =
         run.spec.workspace.as_ref().map(|w| WorkspaceSpec { repository: w.repository.clone(), ref_: w.ref_.clone() });
     spec.timeout_seconds = run.spec.timeout_seconds;
+    spec.limits = limits;
     spec.token = ctx.cfg.run_tokens.as_ref().map(|m| SecretValue::new((m.0)(ns, &run.metadata.name, &uid, attempt)));
     Ok(spec)
 }

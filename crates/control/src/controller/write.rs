@@ -255,6 +255,9 @@ fn decide(
         st.started_at = Some(t);
     }
     st.log_truncated |= status.log_truncated;
+    if status.sandbox.is_some() {
+        st.sandbox = status.sandbox.as_deref().cloned();
+    }
     if status.base_commit.is_some() {
         st.base_commit.clone_from(&status.base_commit);
     }

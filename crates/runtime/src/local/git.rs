@@ -28,6 +28,11 @@ fn git(cwd: &Path, g: GitEnv<'_>) -> Command {
         .env("HOME", g.home)
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_CONFIG_NOSYSTEM", "1")
+        // A sandboxed agent owns its workspace; git (run by the server) would refuse it as a
+        // repository of another user otherwise.
+        .env("GIT_CONFIG_COUNT", "1")
+        .env("GIT_CONFIG_KEY_0", "safe.directory")
+        .env("GIT_CONFIG_VALUE_0", "*")
         .env("LC_ALL", "C")
         .stdin(Stdio::null())
         .kill_on_drop(true);

@@ -16,6 +16,9 @@ mod files;
 mod git;
 mod log;
 mod process;
+mod sandbox;
+
+pub use sandbox::{DEFAULT_READ_ONLY_PATHS, DEFAULT_WRITABLE_PATHS, SandboxSettings};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::unix::process::ExitStatusExt;
@@ -68,6 +71,9 @@ pub struct LocalConfig {
     pub events_capacity: usize,
     /// Which agent-runner starts the agents (default: search for `agentplane-runner`).
     pub runner: RunnerSetting,
+    /// How agents are confined (docs/sandbox.md); `None` (the default here; the server turns it
+    /// on) gives them only their own session and process group.
+    pub sandbox: Option<SandboxSettings>,
 }
 
 impl Default for LocalConfig {
@@ -81,6 +87,7 @@ impl Default for LocalConfig {
             finished_cache: 10_000,
             events_capacity: EVENTS_CAPACITY,
             runner: RunnerSetting::Find,
+            sandbox: None,
         }
     }
 }
@@ -416,12 +423,7 @@ impl LocalAdapter {
     }
 
     /// Records the attempt in its run folder (one blocking call) and starts its task.
-    async fn start(
-        &self,
-        spec: &RunSpec,
-        entry: &Arc<Entry>,
-        agent_env: Vec<(String, SecretValue)>,
-    ) -> Result<(), RuntimeError> {
+    async fn start(&self, spec: &RunSpec, entry: &Arc<Entry>, agent_env: Vec<AgentEnv>) -> Result<(), RuntimeError> {
         let fresh = StatusFile {
             uid: spec.run.uid.clone(),
             attempt: spec.attempt,
@@ -561,8 +563,17 @@ impl StatusFile {
     }
 }
 
+/// One variable of the Agent's `env`, resolved.
+#[derive(Debug, Clone)]
+struct AgentEnv {
+    name: String,
+    value: SecretValue,
+    /// From a secret (`valueFrom`): a file instead of a variable with `secretsAs: files`.
+    secret: bool,
+}
+
 /// Checks the parts of a spec that do not need rendering, and resolves the Agent's `env`.
-fn check_spec(spec: &RunSpec) -> Result<Vec<(String, SecretValue)>, RuntimeError> {
+fn check_spec(spec: &RunSpec) -> Result<Vec<AgentEnv>, RuntimeError> {
     for (what, v) in [("namespace", &spec.run.namespace), ("name", &spec.run.name), ("uid", &spec.run.uid)] {
         if !valid_component(v) {
             return Err(RuntimeError::invalid_spec(format!("run {what} `{v}` cannot name a folder")));
@@ -607,6 +618,7 @@ fn check_spec(spec: &RunSpec) -> Result<Vec<(String, SecretValue)>, RuntimeError
         if !valid_name(&var.name) {
             return Err(RuntimeError::invalid_spec(format!("agent env[{i}]: invalid variable name `{}`", var.name)));
         }
+        let secret = var.value.is_none() && var.value_from.is_some();
         let value = match (&var.value, &var.value_from) {
             (Some(v), _) => SecretValue::new(v.clone()),
             (None, Some(from)) => {
@@ -624,7 +636,7 @@ fn check_spec(spec: &RunSpec) -> Result<Vec<(String, SecretValue)>, RuntimeError
             }
             (None, None) => SecretValue::new(""),
         };
-        env.push((var.name.clone(), value));
+        env.push(AgentEnv { name: var.name.clone(), value, secret });
     }
     Ok(env)
 }
@@ -705,6 +717,14 @@ struct Prepared {
     base_commit: Option<String>,
     /// Without a git source, `launch` makes sure `workspace/` exists (keeping what is in it).
     create_workspace: bool,
+    /// Secrets to write as files (`secretsAs: files`): variable name, value.
+    secret_files: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared").field("args", &self.args).finish_non_exhaustive()
+    }
 }
 
 /// The agent process, whether our child or re-adopted after a restart.
@@ -755,7 +775,7 @@ async fn prepare(
     inner: &Inner,
     entry: &Entry,
     spec: &RunSpec,
-    agent_env: Vec<(String, SecretValue)>,
+    agent_env: Vec<AgentEnv>,
 ) -> Result<Prepared, RuntimeStatus> {
     let dir = &entry.dir;
     let ctx = template_context(spec, dir);
@@ -775,8 +795,18 @@ async fn prepare(
     for (k, t) in &spec.provider.env_template {
         env.insert(k.clone(), tmpl(format!("envTemplate.{k}"), t)?);
     }
-    for (k, v) in agent_env {
-        env.insert(k, v.expose().to_string());
+    let as_files = spec.agent.security.secrets_as == Some(agentplane_api::SecretsAs::Files);
+    let mut secret_files = Vec::new();
+    for v in agent_env {
+        if v.secret && as_files {
+            env.remove(&v.name);
+            secret_files.push((v.name, v.value.expose().to_string()));
+        } else {
+            env.insert(v.name, v.value.expose().to_string());
+        }
+    }
+    if inner.cfg.sandbox.is_some() {
+        env.insert("TMPDIR".into(), dir.join("tmp").display().to_string());
     }
     let reserved = [
         ("AGENT_RUN_SPEC", dir.join("run.json").display().to_string()),
@@ -818,6 +848,7 @@ async fn prepare(
         inputs,
         base_commit,
         create_workspace: spec.workspace.is_none(),
+        secret_files,
     })
 }
 
@@ -875,7 +906,7 @@ fn cancelled_before_start() -> RuntimeStatus {
 }
 
 /// The life of one attempt submitted by this adapter.
-async fn run_attempt(inner: Arc<Inner>, entry: Arc<Entry>, spec: RunSpec, agent_env: Vec<(String, SecretValue)>) {
+async fn run_attempt(inner: Arc<Inner>, entry: Arc<Entry>, spec: RunSpec, agent_env: Vec<AgentEnv>) {
     let mut cancel_rx = entry.cancel.subscribe();
     let prepared = tokio::select! {
         p = prepare(&inner, &entry, &spec, agent_env) => p,
@@ -951,6 +982,34 @@ fn launch(inner: &Inner, entry: &Entry, spec: &RunSpec, prepared: Result<Prepare
     if *entry.cancel.borrow() {
         return not_started(cancelled_before_start());
     }
+    let mut env = p.env;
+    let sandbox = match (&inner.cfg.sandbox, &inner.launcher) {
+        (None, _) => None,
+        (Some(s), process::Launcher::Shell { .. }) if !s.required.is_empty() => {
+            let msg = "the sandbox is required but agentplane-runner was not found (only it can apply it)";
+            return not_started(RuntimeStatus::failed(StatusReason::SandboxUnavailable, msg));
+        }
+        (Some(_), process::Launcher::Shell { .. }) => None,
+        (Some(s), process::Launcher::Runner(_)) => {
+            if let Err(e) = sandbox::prepare_dir(s, &inner.base, dir) {
+                return not_started(RuntimeStatus::failed(
+                    StatusReason::SubmitFailed,
+                    format!("sandbox run folder: {e}"),
+                ));
+            }
+            Some(sandbox::policy(s, spec, dir, &program))
+        }
+    };
+    if !p.secret_files.is_empty() {
+        let user = inner.cfg.sandbox.as_ref().and_then(|s| s.user);
+        match sandbox::write_secret_files(user, dir, &p.secret_files) {
+            Ok(vars) => env.extend(vars),
+            Err(e) => {
+                sandbox::remove_secret_files(dir);
+                return not_started(RuntimeStatus::failed(StatusReason::SubmitFailed, format!("secret files: {e}")));
+            }
+        }
+    }
 
     // Output: a FIFO drained into the capped log (see log.rs).
     let fifo = dir.join(".agent/output.fifo");
@@ -970,16 +1029,18 @@ fn launch(inner: &Inner, entry: &Entry, spec: &RunSpec, prepared: Result<Prepare
     let spawned = process::spawn(process::SpawnRequest {
         program: &program,
         args: &p.args,
-        env: &p.env,
+        env: &env,
         cwd: &ws,
         exit_file: &exit_file,
         output,
         launcher: &inner.launcher,
+        sandbox: sandbox.as_ref(),
     });
     let spawned = match spawned {
         Ok(s) => s,
         Err(e) => {
             pump.stop.store(true, Ordering::Relaxed);
+            sandbox::remove_secret_files(dir);
             let msg = format!("cannot start {}: {e}", program.display());
             return not_started(RuntimeStatus::failed(StatusReason::SubmitFailed, msg));
         }
@@ -1032,6 +1093,24 @@ async fn supervise(inner: Arc<Inner>, entry: Arc<Entry>, l: Launched) {
     }
     // Whatever the main process left behind in its group goes with it.
     process::signal_group(pgid, Some(Signal::SIGKILL));
+    // And, with a sandbox, whatever left the group (its cgroups), the secret files, the report.
+    let sf = entry.file();
+    let (sb, dir) = (inner.cfg.sandbox.clone(), entry.dir.clone());
+    let launcher_is_runner = matches!(inner.launcher, process::Launcher::Runner(_));
+    let sandbox_result = tokio::task::spawn_blocking(move || {
+        sandbox::remove_secret_files(&dir);
+        let s = sb?;
+        sandbox::destroy_cgroups(&s, &sf.uid, sf.attempt);
+        let report = if launcher_is_runner {
+            sandbox::read_status(&dir)
+        } else {
+            Some(sandbox::unavailable_status("agentplane-runner was not found; the agent ran unconfined"))
+        };
+        Some((report, sandbox::read_limit(&dir)))
+    })
+    .await
+    .ok()
+    .flatten();
 
     // The drain ends by itself when the last writer closes the output (at once, normally); the
     // timeout only matters when a process that left the group still holds it.
@@ -1074,6 +1153,14 @@ async fn supervise(inner: Arc<Inner>, entry: Arc<Entry>, l: Launched) {
             "the process ended while no server watched it and recorded no exit code",
         ),
     };
+    if let Some((report, limit)) = sandbox_result {
+        if let (Some((reason, msg)), RunPhase::Failed) = (limit, status.phase) {
+            let code = status.exit_code;
+            status = RuntimeStatus::failed(reason, msg);
+            status.exit_code = code;
+        }
+        status.sandbox = report.map(Box::new);
+    }
     status.artifacts = artifacts;
     status.log_truncated = dropped > 0;
     if !notes.is_empty() {

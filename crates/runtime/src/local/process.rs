@@ -99,6 +99,8 @@ pub(crate) struct SpawnRequest<'a> {
     /// The FIFO, opened read-write; becomes the agent's stdout and stderr.
     pub output: File,
     pub launcher: &'a Launcher,
+    /// The sandbox the runner applies (ignored by the shell fallback).
+    pub sandbox: Option<&'a agentplane_sandbox::Policy>,
 }
 
 #[derive(Debug)]
@@ -113,7 +115,7 @@ pub(crate) fn spawn(req: SpawnRequest<'_>) -> std::io::Result<Spawned> {
     let (mut cmd, session) = match req.launcher {
         Launcher::Runner(runner) => {
             let mut c = tokio::process::Command::new(runner);
-            c.args(agentplane_sandbox::runner_args(req.exit_file, req.program, req.args));
+            c.args(agentplane_sandbox::runner_args(req.exit_file, req.sandbox, req.program, req.args));
             (c, true)
         }
         Launcher::Shell { setsid } => {

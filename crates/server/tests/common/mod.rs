@@ -47,6 +47,9 @@ impl TestServer {
         };
         // Tests make many requests quickly; the rate limit has its own test.
         config.auth.rate_limit_per_second = 0;
+        // Their agents write outside their run folders on purpose; the sandbox has its own tests
+        // (crates/agentctl/tests/sandbox.rs).
+        config.sandbox.enabled = false;
         f(&mut config);
         let token_file = config.data_dir.join("admin-token");
         let server = start(config).await.unwrap();
