@@ -253,7 +253,11 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         rx.clone(),
     ));
     let sandbox = if config.sandbox.enabled && config.controller.enabled {
-        let user = match sandbox::agent_identity(&config.sandbox) {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| ServerError::Sandbox(format!("data dir: {e}")))?;
+        let user = match sandbox::agent_identity(&config.sandbox).and_then(|u| match u {
+            Some(id) => sandbox::check_reachable(&config.data_dir, id).map(|()| Some(id)),
+            None => Ok(None),
+        }) {
             Ok(u) => u,
             Err(e) if config.sandbox.require => return Err(ServerError::Sandbox(e)),
             Err(e) => {

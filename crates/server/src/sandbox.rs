@@ -40,6 +40,33 @@ pub fn agent_identity(cfg: &SandboxConfig) -> Result<Option<Identity>, String> {
     }
 }
 
+/// Whether the agent user can reach `dir`: every folder above it must let the user search it
+/// (the data directory itself is made 0711 by [`harden_data_dir`]). A data directory under a
+/// private home (`/root` is 0700) cannot be used with a separate agent user.
+pub fn check_reachable(dir: &Path, id: Identity) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let full = std::fs::canonicalize(dir).map_err(|e| format!("data directory {}: {e}", dir.display()))?;
+    for ancestor in full.ancestors().skip(1) {
+        let m = std::fs::metadata(ancestor).map_err(|e| format!("{}: {e}", ancestor.display()))?;
+        let mode = m.mode();
+        let searchable =
+            mode & 0o001 != 0 || (m.gid() == id.gid && mode & 0o010 != 0) || (m.uid() == id.uid && mode & 0o100 != 0);
+        if !searchable {
+            return Err(format!(
+                "the agent user (uid {}) cannot reach the data directory {}: {} is mode {:o}; put the data \
+                 directory under a folder others may search (e.g. --data-dir /var/lib/agentplane) or allow it \
+                 (chmod o+x {})",
+                id.uid,
+                full.display(),
+                ancestor.display(),
+                mode & 0o7777,
+                ancestor.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// With an agent user, the data directory must let it reach its run folder (search only, 0711)
 /// but nothing else: every file directly inside (database, keys, tokens) becomes 0600 and every
 /// folder but `runs/` 0700.
@@ -102,5 +129,25 @@ pub fn check_limits(cfg: &SandboxConfig, res: &AnyResource) -> Result<(), ApiErr
             }])
             .into())
         }
+    }
+}
+
+#[cfg(test)]
+mod reach_tests {
+    use super::*;
+
+    #[test]
+    fn a_data_directory_under_a_private_folder_is_unreachable_for_the_agent_user() {
+        let base = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let private = base.path().join("home");
+        let data = private.join("proj/.agentplane");
+        std::fs::create_dir_all(&data).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap_or_else(|e| panic!("{e}"));
+        let nobody = Identity { uid: 65534, gid: 65534 };
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap_or_else(|e| panic!("{e}"));
+        let e = check_reachable(&data, nobody).expect_err("a 0700 ancestor blocks the agent user");
+        assert!(e.contains("mode 700") && e.contains("--data-dir"), "{e}");
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o711)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(check_reachable(&data, nobody), Ok(()));
     }
 }
