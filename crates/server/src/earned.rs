@@ -107,6 +107,9 @@ struct Record {
     window: VecDeque<bool>,
     /// Succeeded runs in a row: `(run, uid)`.
     streak: Vec<(String, String)>,
+    /// A raise is already suggested (or the level is at the top): streaks need no more checks
+    /// until the level changes.
+    settled: bool,
 }
 
 /// The pure part: counts per Agent. The driver loads `since` before the first run of an Agent.
@@ -135,6 +138,14 @@ impl Tracker {
     /// The runs of the current streak.
     pub fn streak(&self, ns: &str, agent: &str) -> Vec<(String, String)> {
         self.records.get(&(ns.to_string(), agent.to_string())).map(|r| r.streak.clone()).unwrap_or_default()
+    }
+
+    /// No more suggestions until the level changes (one is pending, or the level is L5).
+    pub fn settle(&mut self, ns: &str, agent: &str) {
+        if let Some(r) = self.records.get_mut(&(ns.to_string(), agent.to_string())) {
+            r.settled = true;
+            r.streak.clear();
+        }
     }
 
     /// Keep only the streak's runs after `index` (the last one found not clean).
@@ -175,6 +186,9 @@ impl Tracker {
             }
             Next::Nothing
         } else {
+            if r.settled {
+                return Next::Nothing;
+            }
             r.streak.push((f.run.clone(), f.uid.clone()));
             if r.streak.len() >= rules.suggest_after { Next::CheckStreak } else { Next::Nothing }
         }
@@ -312,6 +326,18 @@ impl EarnedLevels {
     }
 
     async fn check_streak(&mut self, ns: &str, agent: &str) -> Result<(), StoreError> {
+        // Cheap check first: a pending suggestion or the top level needs no ledger reads.
+        let key = ObjectKey::new(Kind::Agent, ns, agent);
+        let status = match self.store.get(&key).await {
+            Ok(obj) => agent_status(&obj),
+            Err(StoreError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let earned = status.earned_takeover_level.unwrap_or(self.rules.initial);
+        if earned >= 5 || status.level_suggestion.as_ref().is_some_and(|s| s.level > earned) {
+            self.tracker.settle(ns, agent);
+            return Ok(());
+        }
         let streak = self.tracker.streak(ns, agent);
         let mut keep_from = 0;
         for (i, (run, uid)) in streak.iter().enumerate() {
@@ -325,7 +351,6 @@ impl EarnedLevels {
             return Ok(());
         }
         let since = self.tracker.since(ns, agent).flatten();
-        let key = ObjectKey::new(Kind::Agent, ns, agent);
         for _ in 0..CAS_ATTEMPTS {
             let obj = self.store.get(&key).await?;
             let rv = agentplane_store::revision_of(&obj).unwrap_or_default();
@@ -337,7 +362,7 @@ impl EarnedLevels {
             let earned = status.earned_takeover_level.unwrap_or(self.rules.initial);
             let pending = status.level_suggestion.as_ref().is_some_and(|s| s.level > earned);
             if earned >= 5 || pending {
-                self.tracker.cut_streak(ns, agent, usize::MAX);
+                self.tracker.settle(ns, agent);
                 return Ok(());
             }
             let now = Utc::now();
@@ -368,7 +393,7 @@ impl EarnedLevels {
             match self.store.update(next, Precondition::ResourceVersion(rv), audit).await {
                 Ok(_) => {
                     tracing::info!(namespace = %ns, agent = %agent, level = to, clean, "earned level raise suggested");
-                    self.tracker.cut_streak(ns, agent, usize::MAX);
+                    self.tracker.settle(ns, agent);
                     return Ok(());
                 }
                 Err(StoreError::Conflict { .. }) => continue,
@@ -527,6 +552,30 @@ mod tests {
         assert_eq!(t.observe(&run(3, false), &r), Next::Nothing);
         assert_eq!(t.observe(&run(4, true), &r), Next::Nothing, "1 of 4 failed: 25% < 50%");
         assert!(t.streak("ns", "a").is_empty());
+    }
+
+    #[test]
+    fn a_settled_record_asks_for_no_more_checks_until_the_level_changes() {
+        let mut t = Tracker::default();
+        t.reset("ns", "a", None);
+        let r = rules();
+        for i in 1..=2 {
+            assert_eq!(t.observe(&run(i, false), &r), Next::Nothing);
+        }
+        assert_eq!(t.observe(&run(3, false), &r), Next::CheckStreak);
+        t.settle("ns", "a");
+        for i in 4..=10 {
+            assert_eq!(t.observe(&run(i, false), &r), Next::Nothing, "a suggestion is pending");
+        }
+        // Failures still count while settled.
+        assert_eq!(t.observe(&run(11, true), &r), Next::Nothing);
+        assert_eq!(t.observe(&run(12, true), &r), Next::Lower { failed: 2, total: 4 });
+        // A level change starts a new record that may suggest again.
+        t.reset("ns", "a", DateTime::from_timestamp(2_000, 0));
+        for i in 2_001..=2_002 {
+            assert_eq!(t.observe(&run(i - 1_000, false), &r), Next::Nothing);
+        }
+        assert_eq!(t.observe(&run(1_003, false), &r), Next::CheckStreak);
     }
 
     #[test]
