@@ -390,7 +390,7 @@ pub struct DeleteArgs {
 
 #[derive(Debug, Args)]
 pub struct DiagnoseArgs {
-    /// The agent user to look for (a name or uid:gid), as in the server's [sandbox] user
+    /// The agent user to look for (a name or uid:gid), as in the server's `[sandbox] user`
     #[arg(long, value_name = "USER", default_value = "agentplane-agent")]
     pub user: String,
     #[command(flatten)]

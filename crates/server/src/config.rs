@@ -54,7 +54,7 @@ pub struct ServerArgs {
     #[arg(long)]
     pub no_controller: bool,
     /// Refuse to start a run when a required sandbox protection is missing on this host (the run
-    /// fails with SandboxUnavailable); see [sandbox] required
+    /// fails with SandboxUnavailable); see `[sandbox] required`
     #[arg(long)]
     pub require_sandbox: bool,
 }
