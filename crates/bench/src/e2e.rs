@@ -163,6 +163,18 @@ pub async fn run(opts: E2eOpts) -> Result<()> {
     };
     if !opts.no_burst {
         phase(&opts, None, &root.path().join("burst")).await?;
+        if opts.rate > 0.0 {
+            // The burst server is gone, but the kernel is still writing its 2,000 run folders
+            // back to disk; flush them first so the paced phase measures the scheduler, not the
+            // previous phase's writeback.
+            let started = std::time::Instant::now();
+            let synced = tokio::process::Command::new("sync").status().await.map(|s| s.success()).unwrap_or(false);
+            eprintln!(
+                "between phases: sync ({}) took {} ms",
+                if synced { "ok" } else { "failed" },
+                started.elapsed().as_millis()
+            );
+        }
     }
     if opts.rate > 0.0 {
         phase(&opts, Some(opts.rate), &root.path().join("paced")).await?;

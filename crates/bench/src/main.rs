@@ -18,7 +18,7 @@
 //! The API scenarios authenticate with the server's bootstrap admin token (read from
 //! `<data_dir>/admin-token`) and run with the per-token rate limit off.
 
-#![allow(clippy::print_stdout)]
+#![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod backlog;
 mod e2e;
