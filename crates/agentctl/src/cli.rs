@@ -46,7 +46,7 @@ pub struct Cli {
 /// that `agentctl server` keeps its own `--config`.
 #[derive(Debug, Clone, Default, Args)]
 pub struct ClientArgs {
-    /// Server URL (http only) [env: AGENTCTL_SERVER] [default: http://127.0.0.1:7300]
+    /// Server URL (http or https) [env: AGENTCTL_SERVER] [default: http://127.0.0.1:7300]
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,
     /// Namespace [env: AGENTCTL_NAMESPACE] [default: from the config file, else "default"]
@@ -137,7 +137,9 @@ pub enum Command {
     Version(VersionArgs),
     /// Check this host for the sandbox of the local runtime (Landlock, namespaces, cgroups, agent
     /// user) and whether the server answers
-    #[command(after_help = "Examples:\n  agentctl diagnose\n  agentctl diagnose --user agentplane-agent -o json")]
+    #[command(
+        after_help = "Examples:\n  agentctl diagnose\n  agentctl diagnose --user agentplane-agent -o json\n  agentctl diagnose --run my-run        # the protections that were in force for a run"
+    )]
     Diagnose(DiagnoseArgs),
     /// Print a shell completion script
     #[command(after_help = "Example:\n  agentctl completion bash > /etc/bash_completion.d/agentctl")]
@@ -393,6 +395,9 @@ pub struct DiagnoseArgs {
     /// The agent user to look for (a name or uid:gid), as in the server's `[sandbox] user`
     #[arg(long, value_name = "USER", default_value = "agentplane-agent")]
     pub user: String,
+    /// Also show which protections were in force for this run (its `status.sandbox`)
+    #[arg(long, value_name = "RUN")]
+    pub run: Option<String>,
     #[command(flatten)]
     pub client: ClientArgs,
 }

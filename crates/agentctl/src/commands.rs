@@ -466,19 +466,51 @@ pub async fn diagnose(ctx: &Ctx, args: crate::cli::DiagnoseArgs) -> Result<Exit,
     };
     checks.push(server);
     let ok = checks.iter().all(|c| c.available);
+    // The protections a run had: its status.sandbox (written when an attempt ends).
+    let run = match &args.run {
+        Some(name) => {
+            let obj = client.get(Kind::AgentRun, &ctx.settings.namespace, name).await?;
+            let protections = obj.pointer("/status/sandbox/protections").cloned().unwrap_or(Value::Null);
+            Some((name.clone(), protections))
+        }
+        None => None,
+    };
     let p = &ctx.printer;
     match p.format {
-        OutputFormat::Json | OutputFormat::Yaml => p.value(&json!({
-            "landlockAbi": host.landlock_abi,
-            "runningAsRoot": host.running_as_root,
-            "checks": checks,
-            "ok": ok,
-        }))?,
+        OutputFormat::Json | OutputFormat::Yaml => {
+            let mut v = json!({
+                "landlockAbi": host.landlock_abi,
+                "runningAsRoot": host.running_as_root,
+                "checks": checks,
+                "ok": ok,
+            });
+            if let Some((name, protections)) = &run {
+                v["run"] = json!({"name": name, "protections": protections});
+            }
+            p.value(&v)?
+        }
         OutputFormat::Table | OutputFormat::Name => {
             let width = checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
             p.line(&format!("{:width$}  {:4}  DETAIL", "CHECK", "OK"))?;
             for c in &checks {
                 p.line(&format!("{:width$}  {:4}  {}", c.name, if c.available { "yes" } else { "no" }, c.detail))?;
+            }
+            if let Some((name, protections)) = &run {
+                p.line("")?;
+                match protections.as_array() {
+                    Some(list) if !list.is_empty() => {
+                        let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                        let width = list.iter().map(|v| s(v, "name").len()).max().unwrap_or(0).max(10);
+                        p.line(&format!("agentrun/{name}: protections in force"))?;
+                        p.line(&format!("{:width$}  {:11}  REASON", "PROTECTION", "STATUS"))?;
+                        for v in list {
+                            p.line(&format!("{:width$}  {:11}  {}", s(v, "name"), s(v, "status"), s(v, "reason")))?;
+                        }
+                    }
+                    _ => p.line(&format!(
+                        "agentrun/{name}: no sandbox report yet (written when an attempt ends; none for runs not started by the local runtime)"
+                    ))?,
+                }
             }
         }
     }

@@ -529,6 +529,13 @@ fn through_the_server_status_shows_the_sandbox_and_the_servers_files_stay_closed
             assert_ne!(p["status"], "unavailable", "{p}");
         }
     }
+    // `agentctl diagnose --run` shows the same protections, as a table and as JSON.
+    let out = s.ctl(&["diagnose", "--run", "peek"]);
+    assert!(out.stdout.contains("agentrun/peek: protections in force"), "{out:?}");
+    assert!(out.stdout.lines().any(|l| l.starts_with("filesystem ") && l.contains("applied")), "{out:?}");
+    let out = s.ctl(&["diagnose", "--run", "peek", "-o", "json"]);
+    let d: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(d["run"]["protections"].as_array().map(Vec::len), Some(protections.len()), "{d}");
     let spin_param = "script=while :; do :; done".to_string();
     let mut args = vec!["run", "submit", "--name", "spin", "--param", &spin_param];
     args.extend(p);
