@@ -47,6 +47,15 @@ pub async fn get(ctx: &Ctx, args: TakeoverGetArgs) -> Result<Exit, CliError> {
             out.push_str(&format!("Environment cap:  L{}\n", num(&reply, "/takeover/environmentCap")));
             out.push_str(&format!("Earned:           L{}{earned_note}\n", num(&reply, "/takeover/earned")));
             out.push_str(&format!("Effective:        L{}\n", num(&reply, "/takeover/effective")));
+            if let Some(sug) = reply.get("suggestion").filter(|v| v.is_object()) {
+                out.push_str(&format!(
+                    "Suggested:        L{} (pending a human: agentctl takeover set --agent {} --level {} --reason ...): {}\n",
+                    num(sug, "/level"),
+                    args.agent,
+                    num(sug, "/level"),
+                    sug.get("reason").and_then(Value::as_str).unwrap_or("")
+                ));
+            }
             for (title, key) in [("Agent changes:", "agentHistory"), ("Environment changes:", "environmentHistory")] {
                 let items = reply.get(key).and_then(Value::as_array).cloned().unwrap_or_default();
                 if items.is_empty() {

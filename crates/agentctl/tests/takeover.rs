@@ -148,3 +148,31 @@ fn elevate_creates_a_request_an_authoriser_grants() {
     let out = s.ctl(&["elevate", "--environment", "ghost", "--to", "4", "--minutes", "5", "--reason", "r"]);
     assert_eq!(out.code, 3, "{out:?}");
 }
+
+#[test]
+fn takeover_get_shows_a_suggested_raise_after_clean_runs() {
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let cfg = cfg_dir.path().join("server.toml");
+    std::fs::write(&cfg, "[governance]\nsuggest_after_clean_runs = 1\n").unwrap();
+    let s = TestServer::start_with(&["--config", cfg.to_str().unwrap()]);
+    let manifest = format!(
+        "{}---\n{}",
+        doc("AgentProvider", "sh", "  binary: /bin/sh\n  argsTemplate: [\"-c\", \"true\"]\n"),
+        doc("Agent", "coder", "  providerRef:\n    name: sh\n"),
+    );
+    let f = s.write("m.yaml", &manifest);
+    assert_eq!(s.ctl(&["apply", "-f", &f]).code, 0);
+    let out = s.ctl(&["run", "submit", "--agent", "coder", "--text", "x", "--name", "one", "--wait"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = s.ctl(&["takeover", "get", "--agent", "coder"]);
+        assert_eq!(out.code, 0, "{out:?}");
+        if out.stdout.contains("Suggested:        L4 (pending a human") {
+            assert!(out.stdout.contains("1 runs in a row succeeded"), "{out:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no suggestion shown: {out:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

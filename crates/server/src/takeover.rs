@@ -155,6 +155,7 @@ pub async fn view(
         "earned": earned,
         "earnedIsDefault": agent_status.earned_takeover_level.is_none(),
         "takeover": t,
+        "suggestion": agent_status.level_suggestion,
         "agentHistory": agent_status.takeover_history,
         "environmentHistory": env_status.map(|s| s.takeover_history).unwrap_or_default(),
     }))

@@ -72,6 +72,10 @@ async fn clean_runs_suggest_a_raise_and_failures_lower_the_level_with_a_reason()
     assert_eq!((s["level"].as_u64(), s["cleanRuns"].as_u64()), (Some(4), Some(3)), "{a}");
     assert!(s["reason"].as_str().unwrap().contains("needs a human"), "{s}");
     assert_eq!(condition(&a, "LevelRaiseSuggested").unwrap()["status"], "True", "{a}");
+    // The takeover view shows it too.
+    let (code, view) = t.get(&t.url(&format!("/api/v1/namespaces/{NS}/takeover?agent=a"))).await;
+    assert_eq!(code, 200, "{view}");
+    assert_eq!(view["suggestion"]["level"], 4, "{view}");
     // Suggesting raises nothing: the level is still the initial one.
     assert!(a["status"]["earnedTakeoverLevel"].is_null(), "{a}");
     let suggested = ledger(&t, "takeover.suggested").await;
