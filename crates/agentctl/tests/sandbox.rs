@@ -224,6 +224,29 @@ async fn the_agent_runs_as_an_unprivileged_user_and_writes_only_inside_its_run_f
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn without_an_agent_user_the_agent_is_root_without_roots_powers() {
+    // No agent user (as when the data directory is out of its reach): the agent stays uid 0, so
+    // the runner drops every capability before starting it.
+    let env = Env::with(|s| {
+        s.user = None;
+        s.required.retain(|r| r != "identity");
+    });
+    let script = "id -u; grep -E '^Cap(Eff|Prm|Bnd|Amb)' /proc/self/status; mkdir -p m; \
+                  mount -t tmpfs none m && echo mounted; chown nobody \"$PWD/m\" && echo chowned; echo done";
+    let (s, log) = env.run("rootless", script, AgentLimits::default(), NetworkMode::Gateway).await;
+    assert_eq!(s.phase, RunPhase::Succeeded, "{s:?}\n{log}");
+    assert!(log.starts_with("0\n"), "the agent should be uid 0 here: {log}");
+    for set in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
+        assert!(log.contains(&format!("{set}:\t0000000000000000")), "{set} not empty: {log}");
+    }
+    assert!(!log.contains("mounted") && !log.contains("chowned"), "root's powers were left: {log}");
+    assert!(log.contains("done"), "{log}");
+    let report = s.sandbox.as_ref().expect("a sandbox report");
+    let identity = report.protections.iter().find(|p| p.name == "identity").expect("identity reported");
+    assert!(identity.reason.as_deref().unwrap_or("").contains("every capability dropped"), "{identity:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_agent_cannot_read_another_run_or_the_servers_files() {
     let env = Env::new();
     // The server's files: a database and a key, one of them even world-readable.

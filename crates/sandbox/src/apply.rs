@@ -40,6 +40,30 @@ pub fn identity(id: Option<Identity>, not_configured: &str) -> Protection {
     }
 }
 
+/// For an agent that stays uid 0 (no agent user: `identity` is not applied), takes away root's
+/// powers: every capability is dropped from the bounding, ambient, inheritable, permitted and
+/// effective sets, so neither this process nor anything it executes (uid 0 regains only what the
+/// bounding set still holds) can mount, load modules, bypass file permissions, trace or signal
+/// other users' processes, or open raw sockets. Returns what was done, for the `identity` report.
+pub fn drop_root_capabilities() -> Result<&'static str, String> {
+    use caps::CapSet;
+    if !Uid::effective().is_root() {
+        return Ok("not root: nothing to drop");
+    }
+    for cap in caps::all() {
+        caps::drop(None, CapSet::Bounding, cap).map_err(|e| format!("dropping {cap} from the bounding set: {e}"))?;
+    }
+    caps::clear(None, CapSet::Ambient).map_err(|e| format!("clearing the ambient set: {e}"))?;
+    for set in [CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
+        caps::clear(None, set).map_err(|e| format!("clearing {set:?}: {e}"))?;
+    }
+    match caps::read(None, CapSet::Effective) {
+        Ok(left) if left.is_empty() => Ok("every capability dropped: the agent is uid 0 without root's powers"),
+        Ok(left) => Err(format!("capabilities left after dropping: {left:?}")),
+        Err(e) => Err(format!("reading capabilities: {e}")),
+    }
+}
+
 /// Sets the rlimits (soft = hard, except CPU: the hard limit is one second later so that the
 /// agent first gets `SIGXCPU`). `processes` becomes `RLIMIT_NPROC` only when `nproc` is true (no
 /// per-run `pids` cgroup), and `memoryBytes` becomes `RLIMIT_AS` only when `memory_as` is true (no

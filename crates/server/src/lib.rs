@@ -261,7 +261,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
             Ok(u) => u,
             Err(e) if config.sandbox.require => return Err(ServerError::Sandbox(e)),
             Err(e) => {
-                tracing::warn!(error = %e, "no agent user: agents run as the server's user (identity unavailable)");
+                tracing::warn!(error = %e, "no agent user: agents run as the server's user, without capabilities (identity unavailable)");
                 None
             }
         };
