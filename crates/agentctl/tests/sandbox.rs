@@ -229,6 +229,7 @@ async fn without_an_agent_user_the_agent_is_root_without_roots_powers() {
     // the runner drops every capability before starting it.
     let env = Env::with(|s| {
         s.user = None;
+        s.user_unavailable = Some("the agent user cannot reach the data directory (test)".into());
         s.required.retain(|r| r != "identity");
     });
     let script = "id -u; grep -E '^Cap(Eff|Prm|Bnd|Amb)' /proc/self/status; mkdir -p m; \
@@ -243,7 +244,12 @@ async fn without_an_agent_user_the_agent_is_root_without_roots_powers() {
     assert!(log.contains("done"), "{log}");
     let report = s.sandbox.as_ref().expect("a sandbox report");
     let identity = report.protections.iter().find(|p| p.name == "identity").expect("identity reported");
-    assert!(identity.reason.as_deref().unwrap_or("").contains("every capability dropped"), "{identity:?}");
+    assert_eq!(identity.status, "unavailable", "{identity:?}");
+    let why = identity.reason.as_deref().unwrap_or("");
+    assert!(
+        why.contains("cannot reach the data directory (test)") && why.contains("every capability dropped"),
+        "{identity:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

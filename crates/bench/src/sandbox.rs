@@ -97,6 +97,7 @@ pub fn run(opts: SandboxOpts) -> Result<()> {
         quota: Some(Quota { bytes: 1 << 30, root: dir.clone(), interval_ms: 250 }),
         required: agentplane_sandbox::policy::names::ALL.iter().map(|s| s.to_string()).collect(),
         state_dir: dir.join(".agent"),
+        user_unavailable: None,
     };
     let (mut plain, mut boxed) = (Vec::with_capacity(opts.runs), Vec::with_capacity(opts.runs));
     // Warm-up (page cache, first cgroup creation).

@@ -152,6 +152,10 @@ pub struct Policy {
     pub required: Vec<String>,
     /// Where `sandbox.json` and `limit` are written (the run's `.agent/`).
     pub state_dir: PathBuf,
+    /// Why there is no `user` although the server asked for one (reported as `identity`
+    /// unavailable with this reason instead of disabled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_unavailable: Option<String>,
 }
 
 impl Policy {

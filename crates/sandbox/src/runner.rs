@@ -451,7 +451,10 @@ fn inner(inv: &Invocation, policy: &Policy) -> i32 {
     // As the first process of a new pid namespace (and mount namespace), a /proc of its own
     // (while still root).
     let fresh_proc = nix::unistd::getpid().as_raw() == 1 && own_proc().is_ok();
-    let mut who = apply::identity(policy.user, "no agent user: the server does not run as root or none is configured");
+    let mut who = match (&policy.user, &policy.user_unavailable) {
+        (None, Some(why)) => Protection::unavailable(names::IDENTITY, why.clone()),
+        _ => apply::identity(policy.user, "no agent user: the server does not run as root or none is configured"),
+    };
     if nix::unistd::Uid::effective().is_root() {
         // Still root (no agent user, or the switch failed): never hand root's powers to an agent.
         match apply::drop_root_capabilities() {

@@ -254,15 +254,15 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     ));
     let sandbox = if config.sandbox.enabled && config.controller.enabled {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| ServerError::Sandbox(format!("data dir: {e}")))?;
-        let user = match sandbox::agent_identity(&config.sandbox).and_then(|u| match u {
+        let (user, user_unavailable) = match sandbox::agent_identity(&config.sandbox).and_then(|u| match u {
             Some(id) => sandbox::check_reachable(&config.data_dir, id).map(|()| Some(id)),
             None => Ok(None),
         }) {
-            Ok(u) => u,
+            Ok(u) => (u, None),
             Err(e) if config.sandbox.require => return Err(ServerError::Sandbox(e)),
             Err(e) => {
                 tracing::warn!(error = %e, "no agent user: agents run as the server's user, without capabilities (identity unavailable)");
-                None
+                (None, Some(e))
             }
         };
         if user.is_some() {
@@ -271,7 +271,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         let host = agentplane_sandbox::probe::probe(&agentplane_sandbox::probe::ProbeInput::default());
         let missing: Vec<&str> = host.checks.iter().filter(|c| !c.available).map(|c| c.name.as_str()).collect();
         tracing::info!(landlock_abi = host.landlock_abi, user = ?user.map(|u| u.uid), missing = ?missing, "sandbox enabled");
-        sandbox::settings(&config.sandbox, user, local.port())
+        sandbox::settings(&config.sandbox, user, user_unavailable, local.port())
     } else {
         None
     };

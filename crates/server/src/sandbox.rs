@@ -90,7 +90,12 @@ pub fn harden_data_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// The local adapter's settings; `None` when the sandbox is off.
-pub fn settings(cfg: &SandboxConfig, user: Option<Identity>, gateway_port: u16) -> Option<SandboxSettings> {
+pub fn settings(
+    cfg: &SandboxConfig,
+    user: Option<Identity>,
+    user_unavailable: Option<String>,
+    gateway_port: u16,
+) -> Option<SandboxSettings> {
     if !cfg.enabled {
         return None;
     }
@@ -106,6 +111,7 @@ pub fn settings(cfg: &SandboxConfig, user: Option<Identity>, gateway_port: u16) 
         cgroup_root: Some(cfg.cgroup_root.clone()),
         quota_interval: Duration::from_millis(cfg.quota_interval_millis),
         required: if cfg.require { cfg.required.clone() } else { Vec::new() },
+        user_unavailable,
     })
 }
 

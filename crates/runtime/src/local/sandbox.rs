@@ -73,6 +73,9 @@ pub struct SandboxSettings {
     pub quota_interval: Duration,
     /// Protections that must be applied, else the attempt fails with `SandboxUnavailable`.
     pub required: Vec<String>,
+    /// Why `user` is `None` although the server runs as root (e.g. the agent user cannot reach
+    /// the data directory): `identity` is then reported unavailable with this reason.
+    pub user_unavailable: Option<String>,
 }
 
 impl Default for SandboxSettings {
@@ -89,6 +92,7 @@ impl Default for SandboxSettings {
             cgroup_root: None,
             quota_interval: Duration::from_millis(250),
             required: Vec::new(),
+            user_unavailable: None,
         }
     }
 }
@@ -167,6 +171,7 @@ pub(crate) fn policy(s: &SandboxSettings, spec: &RunSpec, dir: &Path, program: &
         quota,
         required: s.required.clone(),
         state_dir: dir.join(".agent"),
+        user_unavailable: s.user.is_none().then(|| s.user_unavailable.clone()).flatten(),
     }
 }
 
