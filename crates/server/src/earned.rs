@@ -241,6 +241,8 @@ pub struct EarnedLevels {
     store: Arc<dyn Store>,
     rules: Rules,
     tracker: Tracker,
+    /// Told about every change of an Agent here, so admission sees a lowered level at once.
+    admission: Arc<crate::admission::AdmissionCache>,
 }
 
 impl std::fmt::Debug for EarnedLevels {
@@ -253,8 +255,8 @@ impl std::fmt::Debug for EarnedLevels {
 }
 
 impl EarnedLevels {
-    pub fn new(store: Arc<dyn Store>, rules: Rules) -> Self {
-        EarnedLevels { store, rules, tracker: Tracker::default() }
+    pub fn new(store: Arc<dyn Store>, rules: Rules, admission: Arc<crate::admission::AdmissionCache>) -> Self {
+        EarnedLevels { store, rules, tracker: Tracker::default(), admission }
     }
 
     async fn ensure_record(&mut self, ns: &str, agent: &str) -> Result<bool, StoreError> {
@@ -451,6 +453,7 @@ impl EarnedLevels {
                 "failedRuns": failed, "windowRuns": total});
             match self.store.update(next, Precondition::ResourceVersion(rv), audit).await {
                 Ok(_) => {
+                    self.admission.invalidate(&key);
                     tracing::warn!(namespace = %ns, agent = %agent, from = earned, to, failed, total, "earned level lowered");
                     self.tracker.reset(ns, agent, Some(now));
                     return Ok(());

@@ -47,7 +47,7 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub config: Arc<Config>,
     /// Objects admission resolves, cached briefly (see `admission::AdmissionCache`).
-    pub admission_cache: admission::AdmissionCache,
+    pub admission_cache: Arc<admission::AdmissionCache>,
     /// Signs ledger checkpoints; its public half is served for verification.
     pub ledger_key: Arc<agentplane_ledger::LedgerKey>,
     /// Flips to `true` when shutdown starts; long-lived streams end on it.
@@ -305,12 +305,11 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         Duration::from_secs(config.governance.approval_sweep_seconds),
         rx.clone(),
     ));
+    let admission_cache = Arc::new(admission::AdmissionCache::new(&config.governance));
     let earned = config.governance.earned_levels.then(|| {
-        tokio::spawn(
-            earned::EarnedLevels::new(store.clone(), earned::Rules::from_config(&config.governance)).run(rx.clone()),
-        )
+        let rules = earned::Rules::from_config(&config.governance);
+        tokio::spawn(earned::EarnedLevels::new(store.clone(), rules, admission_cache.clone()).run(rx.clone()))
     });
-    let admission_cache = admission::AdmissionCache::new(&config.governance);
     let state = Arc::new(AppState {
         store: store.clone(),
         config: Arc::new(config),

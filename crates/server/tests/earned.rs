@@ -128,7 +128,12 @@ async fn clean_runs_suggest_a_raise_and_failures_lower_the_level_with_a_reason()
     assert_eq!(changed[0]["params"]["reason"], why);
 
     // The lowering started a new record: one more failure is one of one, below the minimum.
-    submit(&t, "bad-2", "flaky").await;
+    // Admission sees the lowered level at once (the task tells the admission cache).
+    let mut m = manifest("AgentRun", "bad-2");
+    m["spec"]["agentRef"]["name"] = json!("flaky");
+    let (code, v) = t.post(NS, "agentruns", &m).await;
+    assert_eq!(code, 201, "{v}");
+    assert_eq!(v["status"]["takeover"]["earned"], 2, "{v}");
     assert_eq!(finished(&t, "bad-2").await, "Failed");
 
     // After a restart the counts are rebuilt from the store: one more failure (2 of 2 since the
