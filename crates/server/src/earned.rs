@@ -112,6 +112,25 @@ struct Record {
     settled: bool,
 }
 
+/// What an Agent change records in the ledger.
+struct Change {
+    action: &'static str,
+    outcome: &'static str,
+    level: u8,
+    params: Value,
+}
+
+/// How [`EarnedLevels::update_agent`] ended.
+enum Updated {
+    /// Written at this time.
+    Written(DateTime<Utc>),
+    /// `edit` left the Agent as it is (or the Agent is gone).
+    Declined,
+    /// The Agent's level changed since the record started (the record was restarted), or the
+    /// Agent kept changing.
+    Stale,
+}
+
 /// The pure part: counts per Agent. The driver loads `since` before the first run of an Agent.
 #[derive(Debug, Default)]
 pub struct Tracker {
@@ -352,61 +371,103 @@ impl EarnedLevels {
         if clean < self.rules.suggest_after {
             return Ok(());
         }
+        let rules_initial = self.rules.initial;
         let since = self.tracker.since(ns, agent).flatten();
-        for _ in 0..CAS_ATTEMPTS {
-            let obj = self.store.get(&key).await?;
-            let rv = agentplane_store::revision_of(&obj).unwrap_or_default();
-            let mut status = agent_status(&obj);
-            if last_change(&status) != since {
-                self.tracker.reset(ns, agent, last_change(&status));
-                return Ok(());
-            }
-            let earned = status.earned_takeover_level.unwrap_or(self.rules.initial);
-            let pending = status.level_suggestion.as_ref().is_some_and(|s| s.level > earned);
-            if earned >= 5 || pending {
-                self.tracker.settle(ns, agent);
-                return Ok(());
-            }
-            let now = Utc::now();
-            let to = earned + 1;
-            let reason = format!(
-                "{clean} runs in a row succeeded with no denied or failed action since {}; raising the earned level to L{to} needs a human (agentctl takeover set)",
-                since.map_or_else(|| "the agent was created".to_string(), |s| format!("the level changed at {s}")),
-            );
-            status.level_suggestion = Some(LevelSuggestion {
-                level: to,
-                at: now,
-                clean_runs: u32::try_from(clean).unwrap_or(u32::MAX),
-                reason: reason.clone(),
-            });
-            set_condition(
-                &mut status.conditions,
-                Condition::new(SUGGESTED_CONDITION, ConditionStatus::True, "CleanRunStreak", reason.clone(), now),
-            );
-            status.updated_at = Some(now);
-            let mut next = obj.clone();
-            crate::approvals::set_part(&mut next, "status", serde_json::to_value(&status).unwrap_or(Value::Null));
-            let mut audit = resource_audit(Actor::system(ACTOR_ID), actions::TAKEOVER_SUGGESTED);
-            audit.namespace = Some(ns.to_string());
-            audit.target = Some(Target { kind: "Agent".into(), namespace: ns.into(), name: agent.into(), uid: None });
-            audit.takeover_level = Some(to);
-            audit.outcome = outcomes::PENDING.to_string();
-            audit.params = json!({"from": earned, "to": to, "cleanRuns": clean, "reason": reason});
-            match self.store.update(next, Precondition::ResourceVersion(rv), audit).await {
-                Ok(_) => {
-                    tracing::info!(namespace = %ns, agent = %agent, level = to, clean, "earned level raise suggested");
-                    self.tracker.settle(ns, agent);
-                    return Ok(());
+        let written = self
+            .update_agent(ns, agent, |status, now| {
+                let earned = status.earned_takeover_level.unwrap_or(rules_initial);
+                let pending = status.level_suggestion.as_ref().is_some_and(|s| s.level > earned);
+                if earned >= 5 || pending {
+                    return None;
                 }
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(StoreError::NotFound(_)) => return Ok(()),
-                Err(e) => return Err(e),
+                let to = earned + 1;
+                let reason = format!(
+                    "{clean} runs in a row succeeded with no denied or failed action since {}; raising the earned level to L{to} needs a human (agentctl takeover set)",
+                    since.map_or_else(|| "the agent was created".to_string(), |s| format!("the level changed at {s}")),
+                );
+                status.level_suggestion = Some(LevelSuggestion {
+                    level: to,
+                    at: now,
+                    clean_runs: u32::try_from(clean).unwrap_or(u32::MAX),
+                    reason: reason.clone(),
+                });
+                set_condition(
+                    &mut status.conditions,
+                    Condition::new(SUGGESTED_CONDITION, ConditionStatus::True, "CleanRunStreak", reason.clone(), now),
+                );
+                Some(Change {
+                    action: actions::TAKEOVER_SUGGESTED,
+                    outcome: outcomes::PENDING,
+                    level: to,
+                    params: json!({"from": earned, "to": to, "cleanRuns": clean, "reason": reason}),
+                })
+            })
+            .await?;
+        match written {
+            Updated::Written(_) => {
+                tracing::info!(namespace = %ns, agent = %agent, clean, "earned level raise suggested");
+                self.tracker.settle(ns, agent);
             }
+            Updated::Declined => self.tracker.settle(ns, agent),
+            Updated::Stale => {}
         }
         Ok(())
     }
 
     async fn lower(&mut self, ns: &str, agent: &str, failed: usize, total: usize) -> Result<(), StoreError> {
+        let (initial, lowest, threshold) = (self.rules.initial, self.rules.lowest, self.rules.threshold);
+        let written = self
+            .update_agent(ns, agent, |status, now| {
+                let earned = status.earned_takeover_level.unwrap_or(initial);
+                if earned <= lowest {
+                    return None;
+                }
+                let to = earned - 1;
+                let pct = |x: f64| format!("{:.0}%", x * 100.0);
+                let reason = format!(
+                    "{failed} of the last {total} finished runs failed ({}), at or above governance.failure_rate_threshold ({}); lowered from L{earned} to L{to}",
+                    pct(failed as f64 / total as f64),
+                    pct(threshold),
+                );
+                status.earned_takeover_level = Some(to);
+                status.level_suggestion = None;
+                status.conditions.retain(|c| c.type_ != SUGGESTED_CONDITION);
+                set_condition(
+                    &mut status.conditions,
+                    Condition::new(LOWERED_CONDITION, ConditionStatus::True, "FailureRate", reason.clone(), now),
+                );
+                let by = format!("system:{ACTOR_ID}");
+                push_history(
+                    &mut status.takeover_history,
+                    LevelChange { at: now, by, from: Some(earned), to, reason: reason.clone() },
+                );
+                Some(Change {
+                    action: actions::TAKEOVER_CHANGED,
+                    outcome: outcomes::SUCCESS,
+                    level: to,
+                    params: json!({"field": "level", "from": earned, "to": to, "reason": reason,
+                        "failedRuns": failed, "windowRuns": total}),
+                })
+            })
+            .await?;
+        if let Updated::Written(at) = written {
+            self.admission.invalidate(&ObjectKey::new(Kind::Agent, ns, agent));
+            tracing::warn!(namespace = %ns, agent = %agent, failed, total, "earned level lowered");
+            self.tracker.reset(ns, agent, Some(at));
+        }
+        Ok(())
+    }
+
+    /// Compare-and-swap an Agent's status. `edit` sees the status (only while the Agent's last
+    /// level change is still the one the record started from) and returns what to record in the
+    /// ledger, or `None` to leave the Agent as it is. A stale record is restarted from the
+    /// Agent's actual last change.
+    async fn update_agent(
+        &mut self,
+        ns: &str,
+        agent: &str,
+        mut edit: impl FnMut(&mut AgentStatus, DateTime<Utc>) -> Option<Change>,
+    ) -> Result<Updated, StoreError> {
         let since = self.tracker.since(ns, agent).flatten();
         let key = ObjectKey::new(Kind::Agent, ns, agent);
         for _ in 0..CAS_ATTEMPTS {
@@ -415,55 +476,27 @@ impl EarnedLevels {
             let mut status = agent_status(&obj);
             if last_change(&status) != since {
                 self.tracker.reset(ns, agent, last_change(&status));
-                return Ok(());
-            }
-            let earned = status.earned_takeover_level.unwrap_or(self.rules.initial);
-            if earned <= self.rules.lowest {
-                return Ok(());
+                return Ok(Updated::Stale);
             }
             let now = Utc::now();
-            let to = earned - 1;
-            let pct = |x: f64| format!("{:.0}%", x * 100.0);
-            let reason = format!(
-                "{failed} of the last {total} finished runs failed ({}), at or above governance.failure_rate_threshold ({}); lowered from L{earned} to L{to}",
-                pct(failed as f64 / total as f64),
-                pct(self.rules.threshold),
-            );
-            status.earned_takeover_level = Some(to);
-            status.level_suggestion = None;
-            status.conditions.retain(|c| c.type_ != SUGGESTED_CONDITION);
-            set_condition(
-                &mut status.conditions,
-                Condition::new(LOWERED_CONDITION, ConditionStatus::True, "FailureRate", reason.clone(), now),
-            );
+            let Some(change) = edit(&mut status, now) else { return Ok(Updated::Declined) };
             status.updated_at = Some(now);
-            let by = format!("system:{ACTOR_ID}");
-            push_history(
-                &mut status.takeover_history,
-                LevelChange { at: now, by, from: Some(earned), to, reason: reason.clone() },
-            );
             let mut next = obj.clone();
             crate::approvals::set_part(&mut next, "status", serde_json::to_value(&status).unwrap_or(Value::Null));
-            let mut audit = resource_audit(Actor::system(ACTOR_ID), actions::TAKEOVER_CHANGED);
+            let mut audit = resource_audit(Actor::system(ACTOR_ID), change.action);
             audit.namespace = Some(ns.to_string());
             audit.target = Some(Target { kind: "Agent".into(), namespace: ns.into(), name: agent.into(), uid: None });
-            audit.takeover_level = Some(to);
-            audit.outcome = outcomes::SUCCESS.to_string();
-            audit.params = json!({"field": "level", "from": earned, "to": to, "reason": reason,
-                "failedRuns": failed, "windowRuns": total});
+            audit.takeover_level = Some(change.level);
+            audit.outcome = change.outcome.to_string();
+            audit.params = change.params;
             match self.store.update(next, Precondition::ResourceVersion(rv), audit).await {
-                Ok(_) => {
-                    self.admission.invalidate(&key);
-                    tracing::warn!(namespace = %ns, agent = %agent, from = earned, to, failed, total, "earned level lowered");
-                    self.tracker.reset(ns, agent, Some(now));
-                    return Ok(());
-                }
+                Ok(_) => return Ok(Updated::Written(now)),
                 Err(StoreError::Conflict { .. }) => continue,
-                Err(StoreError::NotFound(_)) => return Ok(()),
+                Err(StoreError::NotFound(_)) => return Ok(Updated::Declined),
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        Ok(Updated::Stale)
     }
 
     /// Count the runs already finished (oldest first), then follow the change stream from the
