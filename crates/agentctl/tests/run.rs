@@ -435,3 +435,23 @@ fn agents_are_started_by_the_agent_runner() {
     // `comm` is cut to 15 characters.
     assert!(out.stdout.ends_with("agentplane-runn\n"), "{out:?}");
 }
+
+/// The server turns transparent huge pages off for itself (page-zeroing bursts after a start
+/// stalled run starts), a setting that survives `exec`; the runner gives the agent the host's THP
+/// policy back.
+#[test]
+fn agents_get_the_hosts_huge_page_policy_back() {
+    let thp = |status: &str| status.lines().find_map(|l| l.strip_prefix("THP_enabled:")).map(|v| v.trim().to_string());
+    let Some(ours) = thp(&std::fs::read_to_string("/proc/self/status").unwrap()) else {
+        panic!("this kernel has no THP_enabled line in /proc/PID/status (Linux 5.0 or later has one)");
+    };
+    let s = TestServer::start();
+    let server = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap();
+    assert_eq!(thp(&server).as_deref(), Some("0"), "the server keeps THP on:\n{server}");
+    shell_agent(&s, "thp", "grep THP_enabled /proc/self/status");
+    let out =
+        s.ctl(&["run", "submit", "--agent", "thp", "--text", "x", "--name", "t", "--wait", "--wait-timeout", "60s"]);
+    assert_eq!(out.code, 0, "{out:?}\nserver log:\n{}", s.log());
+    let agent = thp(&out.stdout).unwrap_or_else(|| panic!("no THP_enabled line from the agent: {out:?}"));
+    assert_eq!(agent, ours, "the agent did not get the host's THP policy back: {out:?}");
+}

@@ -33,7 +33,7 @@ pub struct E2eOpts {
     pub binary: String,
     /// Arrival rate in runs per second for the paced phase (0 = skip it): submissions are sent
     /// open-loop at this rate, so that the scheduling delay is measured while the machine keeps up.
-    #[arg(long, default_value_t = 200.0)]
+    #[arg(long, default_value_t = 300.0)]
     pub rate: f64,
     /// Skip the burst phase (all runs submitted as fast as the clients can).
     #[arg(long)]
@@ -110,6 +110,37 @@ fn percentiles(mut v: Vec<f64>) -> Value {
         (v[i] * 1000.0).round() / 1000.0
     };
     json!({"p50": at(0.50), "p95": at(0.95), "p99": at(0.99), "max": at(1.0), "mean": ((v.iter().sum::<f64>() / v.len() as f64) * 1000.0).round() / 1000.0})
+}
+
+/// The `ts` of every `run.submitted` ledger entry in the bench's namespace, by run name.
+async fn accepted_times(
+    client: &reqwest::Client,
+    url: &str,
+) -> Result<std::collections::HashMap<String, DateTime<Utc>>> {
+    let mut out = std::collections::HashMap::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut query =
+            vec![("namespace", NS.to_string()), ("action", "run.submitted".into()), ("limit", "5000".into())];
+        if let Some(a) = after.take() {
+            query.push(("continue", a));
+        }
+        let r = client.get(url).query(&query).send().await?;
+        if !r.status().is_success() {
+            bail!("reading the ledger ({url}): {} {}", r.status(), r.text().await.unwrap_or_default());
+        }
+        let page: Value = r.json().await?;
+        for e in page.get("entries").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default() {
+            let (Some(run), Some(ts)) = (e.get("run").and_then(Value::as_str), time_at(e, "/ts")?) else {
+                bail!("a run.submitted ledger entry without run or ts: {e}");
+            };
+            out.insert(run.to_string(), ts);
+        }
+        match page.get("continue").and_then(Value::as_str) {
+            Some(c) => after = Some(c.to_string()),
+            None => return Ok(out),
+        }
+    }
 }
 
 /// Scheduling delays (ms), in start order, given each run's earliest possible creation time.
@@ -253,6 +284,7 @@ async fn phase(opts: &E2eOpts, rate: Option<f64>, dir: &std::path::Path) -> Resu
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let items = list_all(&client, &format!("{base}/agentruns"), None, 5_000, false).await?;
+    let accepted = accepted_times(&client, &format!("http://{}/api/v1/ledger/entries", server.addr)).await?;
     server.shutdown().await?;
 
     let runs: Vec<Observed> = items.iter().map(observe).collect::<Result<_>>()?;
@@ -270,9 +302,13 @@ async fn phase(opts: &E2eOpts, rate: Option<f64>, dir: &std::path::Path) -> Resu
     let span = last_finished - first_sent;
     let terminal = succeeded + failed + cancelled;
 
-    // Creation time of each run: the stored creationTimestamp has whole-second precision, so the
-    // refined value is max(creationTimestamp, the moment its POST was sent) — still never later
-    // than the true creation, so delays computed from it are never understated.
+    // When each run became ready: the timestamp of its `run.submitted` ledger entry, sealed in
+    // the transaction that stored the run, before that transaction commits — so never later than
+    // the moment the controller could first see the run, and delays computed from it are never
+    // understated. For comparison, two coarser starting points: the moment its POST was sent
+    // (adds the HTTP request, admission and the commit), and the stored creationTimestamp
+    // (whole seconds).
+    let mut from_accepted = Vec::new();
     let mut refined = Vec::new();
     let mut stored = Vec::new();
     let mut finished = Vec::new();
@@ -286,6 +322,8 @@ async fn phase(opts: &E2eOpts, rate: Option<f64>, dir: &std::path::Path) -> Resu
             finished.push(f);
         }
         if let Some(s) = r.started {
+            let Some(&acc) = accepted.get(&r.name) else { bail!("run {} has no run.submitted ledger entry", r.name) };
+            from_accepted.push((acc, s));
             refined.push((created, s));
             stored.push((r.created, s));
             submit_to_start.push(ms(s - created));
@@ -295,7 +333,8 @@ async fn phase(opts: &E2eOpts, rate: Option<f64>, dir: &std::path::Path) -> Resu
         }
     }
     let cap = opts.cap as usize;
-    let (delays, negative) = scheduling_delays(&refined, &finished, cap);
+    let (delays, negative) = scheduling_delays(&from_accepted, &finished, cap);
+    let (delays_sent, _) = scheduling_delays(&refined, &finished, cap);
     let (delays_stored, _) = scheduling_delays(&stored, &finished, cap);
     let busy_ms: f64 = durations.iter().sum();
     let line = json!({
@@ -327,6 +366,7 @@ async fn phase(opts: &E2eOpts, rate: Option<f64>, dir: &std::path::Path) -> Resu
         },
         "scheduling_delay_ms": percentiles(delays),
         "scheduling_delay_negative_clamped": negative,
+        "scheduling_delay_ms_from_post_sent": percentiles(delays_sent),
         "scheduling_delay_ms_stored_creation_timestamp": percentiles(delays_stored),
         "submit_to_start_ms": percentiles(submit_to_start),
         "run_duration_ms": percentiles(durations),
@@ -334,6 +374,7 @@ async fn phase(opts: &E2eOpts, rate: Option<f64>, dir: &std::path::Path) -> Resu
         "launcher": agentplane_sandbox::find_runner()
             .map(|p| format!("agentplane-runner ({})", p.display()))
             .unwrap_or_else(|| "setsid + sh wrapper (agentplane-runner not found next to the bench)".into()),
+        "ready_source": "the run's run.submitted ledger entry (sealed before its transaction commits), or the (cap)-th earlier finish",
         "started_at_source": "status.startedAt: the later of the controller's record of the start and the runtime's spawn time",
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
     });

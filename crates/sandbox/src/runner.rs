@@ -535,6 +535,10 @@ pub fn main() -> i32 {
         let _ = writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&p).unwrap_or_default());
         return 0;
     }
+    // The server's allocator turns transparent huge pages off for the server process (see
+    // docs/runtime.md, "Memory"), and that setting survives `exec`: give the agent the host's
+    // own THP policy back. Failing changes nothing but that (it is a performance setting).
+    let _ = nix::sys::prctl::set_thp_disable(false);
     match parse(args) {
         Ok(inv) => run(&inv),
         Err(e) => {

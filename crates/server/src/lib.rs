@@ -226,6 +226,12 @@ impl RunningServer {
 /// Start serving `config` in the background (used by `run` and by tests and benchmarks).
 pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let addr = config.listen_addr()?;
+    // No transparent huge pages for the control plane, whatever the host's THP mode: zeroing a
+    // fresh 2 MiB page on first touch stalled run starts by up to 75 ms after a start (see
+    // docs/runtime.md, "Memory"). Agents get the host's policy back from `agentplane-runner`.
+    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+        tracing::debug!(error = %e, "cannot turn transparent huge pages off for the server");
+    }
     let store = open_store(&config).await?;
     let ledger_key = Arc::new(ledger::load_or_create_key(&config.data_dir)?);
     let run_tokens = auth::run_token::RunTokenKey::load_or_create(&config.data_dir).map_err(ServerError::Auth)?;

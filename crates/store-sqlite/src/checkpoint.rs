@@ -25,8 +25,13 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::schema::sql_err;
 
-/// Writes between two nudges of the checkpointer.
-const NUDGE_EVERY: u64 = 1_000;
+/// Writes between two nudges of the checkpointer. Small on purpose: a checkpoint copies every
+/// page written since the previous one and then syncs the database file, and that burst of IO
+/// (and, on a loop-mounted or virtualised disk, of CPU) delays whatever runs meanwhile. Every
+/// 1,000 writes it made a ~100 ms stall about once a second at 300 runs/s, which held back the
+/// starts of ~20 runs each time (`docs/benchmarks.md`, "Scheduling delay: where the tail came
+/// from"); every 100 writes the bursts are ten times smaller and the stalls are gone.
+const NUDGE_EVERY: u64 = 100;
 /// A quiet store is checkpointed after this long.
 const IDLE_CHECKPOINT: Duration = Duration::from_secs(2);
 /// WAL frames (pages) past which the writer checkpoints itself so that the WAL rewinds

@@ -61,6 +61,12 @@ pub struct TestServer {
 }
 
 impl TestServer {
+    /// The server's process id.
+    #[allow(dead_code)]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn start() -> TestServer {
         TestServer::start_in(tempfile::tempdir().expect("tempdir"))
     }
