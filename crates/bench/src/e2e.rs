@@ -50,6 +50,13 @@ pub struct E2eOpts {
     /// deleting one phase's 20,000 files would slow the next phase's runs.
     #[arg(long)]
     pub data_dir: Option<std::path::PathBuf>,
+    /// Run on a journaled ext4 made for this run (a sparse image in the system's temporary
+    /// directory, `mkfs.ext4`, `mount -o loop`; root only), unmounted and deleted at the end, so
+    /// that the figures do not depend on what earlier work left on the machine's file systems.
+    /// Without `--data-dir`, this happens by itself when the temporary directory is on ext4
+    /// without a journal (and falls back to it, with a warning, when the mount is not allowed).
+    #[arg(long, conflicts_with = "data_dir")]
+    pub scratch_fs: bool,
     /// Give up (with an error) if the runs are not all terminal after this many seconds.
     #[arg(long, default_value_t = 900)]
     pub timeout_seconds: u64,
@@ -189,12 +196,47 @@ pub async fn run(opts: E2eOpts) -> Result<()> {
     if opts.no_burst && opts.rate == 0.0 {
         bail!("--no-burst with --rate 0 leaves nothing to run");
     }
-    let root = match &opts.data_dir {
+    let scratch = if opts.scratch_fs {
+        Some(crate::scratch::ScratchFs::create()?)
+    } else if opts.data_dir.is_none() && crate::scratch::describe(&std::env::temp_dir()) == "ext4 (no journal)" {
+        // The default place would give figures of the file system's past, not of the code: use a
+        // fresh journaled ext4 when this process may make one.
+        match crate::scratch::ScratchFs::create() {
+            Ok(s) => {
+                eprintln!(
+                    "note: the system's temporary directory is on ext4 without a journal; running on a \
+                     journaled ext4 made for this run instead (choose with --data-dir)"
+                );
+                Some(s)
+            }
+            Err(e) => {
+                eprintln!("note: cannot make a scratch file system ({e:#}); using the temporary directory");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let base = scratch.as_ref().map(|s| s.path().to_path_buf()).or_else(|| opts.data_dir.clone());
+    // Dropped before `scratch` (declared after it): the folder goes before the unmount.
+    let root = match &base {
         Some(d) => tempfile::tempdir_in(d)?,
         None => tempfile::tempdir()?,
     };
+    // Traversable, as a server's data dir must be for the sandbox's agent user (a private
+    // temporary folder would make the server run agents without that protection).
+    std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let fs = crate::scratch::describe(root.path());
+    if fs == "ext4 (no journal)" {
+        eprintln!(
+            "warning: {} is on ext4 without a journal, where file creation slows down for good after \
+             many files were deleted nearby (earlier runs, test suites); figures may be far worse than \
+             the code's: use --scratch-fs (root) or --data-dir on a journaled file system",
+            root.path().display()
+        );
+    }
     if !opts.no_burst {
-        phase(&opts, None, &root.path().join("burst")).await?;
+        phase(&opts, None, &root.path().join("burst"), &fs, scratch.is_some()).await?;
         if opts.rate > 0.0 {
             // The burst server is gone, but the kernel is still writing its 2,000 run folders
             // back to disk; flush them first so the paced phase measures the scheduler, not the
@@ -209,14 +251,14 @@ pub async fn run(opts: E2eOpts) -> Result<()> {
         }
     }
     if opts.rate > 0.0 {
-        phase(&opts, Some(opts.rate), &root.path().join("paced")).await?;
+        phase(&opts, Some(opts.rate), &root.path().join("paced"), &fs, scratch.is_some()).await?;
     }
     Ok(())
 }
 
 /// One phase on a fresh server: `rate` None submits as fast as the clients can (burst), Some(r)
 /// sends submission i at `i / r` seconds after the first (open-loop arrivals).
-async fn phase(opts: &E2eOpts, rate: Option<f64>, dir: &std::path::Path) -> Result<()> {
+async fn phase(opts: &E2eOpts, rate: Option<f64>, dir: &std::path::Path, fs: &str, scratch: bool) -> Result<()> {
     let mut config = agentplane_server::Config {
         listen: "127.0.0.1:0".into(),
         data_dir: dir.join("data"),
@@ -377,6 +419,7 @@ async fn phase(opts: &E2eOpts, rate: Option<f64>, dir: &std::path::Path) -> Resu
             .unwrap_or_else(|| "setsid + sh wrapper (agentplane-runner not found next to the bench)".into()),
         "ready_source": "the run's run.submitted ledger entry (sealed before its transaction commits), or the (cap)-th earlier finish",
         "started_at_source": "status.startedAt: the later of the controller's record of the start and the runtime's spawn time",
+        "data_dir_filesystem": if scratch { format!("{fs}, made for this run") } else { fs.to_string() },
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
     });
     println!("{line}");

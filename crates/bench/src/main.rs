@@ -24,6 +24,7 @@ mod backlog;
 mod e2e;
 mod jwt;
 mod sandbox;
+mod scratch;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
