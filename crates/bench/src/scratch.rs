@@ -78,43 +78,7 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// What file system holds `path`: "ext4 (journaled)", "ext4 (no journal)", "tmpfs", … from
-/// `/proc/self/mountinfo` (the longest mount point above the path) and, for ext4, whether the
-/// kernel runs a journal for its device (`/proc/fs/jbd2/<device>-8`).
+/// What file system holds `path` (see [`agentplane_server::storage::describe_filesystem`]).
 pub fn describe(path: &Path) -> String {
-    let Ok(path) = path.canonicalize() else { return "unknown".into() };
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return "unknown".into() };
-    // Fields: id parent major:minor root mount-point options ... - fstype source super-options
-    let best = info
-        .lines()
-        .filter_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            let mount_point = left.split(' ').nth(4)?;
-            let mut r = right.split(' ');
-            let (fstype, source) = (r.next()?, r.next()?);
-            path.starts_with(mount_point).then(|| (mount_point.len(), fstype.to_string(), source.to_string()))
-        })
-        .max_by_key(|(len, _, _)| *len);
-    let Some((_, fstype, source)) = best else { return "unknown".into() };
-    if fstype != "ext4" {
-        return fstype;
-    }
-    let device = source.rsplit('/').next().unwrap_or_default();
-    if Path::new("/proc/fs/jbd2").join(format!("{device}-8")).exists() {
-        "ext4 (journaled)".into()
-    } else {
-        "ext4 (no journal)".into()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn describes_the_root_and_proc() {
-        assert_eq!(describe(Path::new("/proc/self")), "proc");
-        assert_ne!(describe(Path::new("/")), "unknown");
-        assert_eq!(describe(Path::new("/no/such/path")), "unknown");
-    }
+    agentplane_server::storage::describe_filesystem(path)
 }

@@ -20,6 +20,7 @@ pub mod openapi;
 pub mod resources;
 pub mod runs;
 pub mod sandbox;
+pub mod storage;
 pub mod takeover;
 
 use std::collections::BTreeMap;
@@ -233,6 +234,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         tracing::debug!(error = %e, "cannot turn transparent huge pages off for the server");
     }
     let store = open_store(&config).await?;
+    storage::warn_about(&config.data_dir);
     let ledger_key = Arc::new(ledger::load_or_create_key(&config.data_dir)?);
     let run_tokens = auth::run_token::RunTokenKey::load_or_create(&config.data_dir).map_err(ServerError::Auth)?;
     let auth = Arc::new(auth::Auth::new(&config.auth, run_tokens.clone()).map_err(ServerError::Auth)?);
