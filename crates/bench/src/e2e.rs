@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use agentplane_server::storage::EXT4_WITHOUT_JOURNAL;
+use agentplane_server::storage::{EXT4_WITHOUT_JOURNAL, describe_filesystem};
 
 use crate::{create_fixtures, drive, list_all, run_manifest};
 
@@ -200,7 +200,7 @@ pub async fn run(opts: E2eOpts) -> Result<()> {
     }
     let scratch = if opts.scratch_fs {
         Some(crate::scratch::ScratchFs::create()?)
-    } else if opts.data_dir.is_none() && crate::scratch::describe(&std::env::temp_dir()) == EXT4_WITHOUT_JOURNAL {
+    } else if opts.data_dir.is_none() && describe_filesystem(&std::env::temp_dir()) == EXT4_WITHOUT_JOURNAL {
         // The default place would give figures of the file system's past, not of the code: use a
         // fresh journaled ext4 when this process may make one.
         match crate::scratch::ScratchFs::create() {
@@ -228,7 +228,7 @@ pub async fn run(opts: E2eOpts) -> Result<()> {
     // Traversable, as a server's data dir must be for the sandbox's agent user (a private
     // temporary folder would make the server run agents without that protection).
     std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    let fs = crate::scratch::describe(root.path());
+    let fs = describe_filesystem(root.path());
     if fs == EXT4_WITHOUT_JOURNAL {
         eprintln!(
             "warning: {} is on ext4 without a journal, where file creation slows down for good after \

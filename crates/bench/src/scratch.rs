@@ -77,8 +77,3 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
     }
     Ok(())
 }
-
-/// What file system holds `path` (see [`agentplane_server::storage::describe_filesystem`]).
-pub fn describe(path: &Path) -> String {
-    agentplane_server::storage::describe_filesystem(path)
-}
